@@ -1,0 +1,147 @@
+//! Types shared by the eBPF programs and userspace: the ring-buffer record, the per-CPU counter
+//! slots and the per-thread state the probes keep. Everything here is `#[repr(C)]` with explicit
+//! padding and fixed sizes checked at compile time, because both sides read the same bytes.
+//! Decoding (length checks, kind validation) lives in userspace; this crate owns only layouts.
+#![no_std]
+
+/// What one [`Event`] reports. On the wire this is a bare `u32`; userspace converts with
+/// `TryFrom` and rejects unknown values instead of trusting them.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A malloc-family call returned `addr` for `size` bytes.
+    Alloc = 1,
+    /// `free(addr)` was called with a non-null pointer.
+    Free = 2,
+    /// `realloc(old_addr, size)` (or `reallocarray`) returned `addr` (0 on failure or when
+    /// `size == 0` freed the block).
+    Realloc = 3,
+    /// An anonymous `mmap` of `size` bytes succeeded at `addr`, outside any allocator call.
+    /// `caller` is the word at the user stack pointer at the syscall (the return address into
+    /// the wrapper's caller when the wrapper did not move the stack), or 0.
+    Mmap = 4,
+    /// `munmap(addr, size)` succeeded.
+    Munmap = 5,
+    /// `mremap(old_addr, old_size, size)` succeeded and returned `addr`.
+    Mremap = 6,
+    /// The thread-group leader of `pid` exited.
+    Exit = 7,
+}
+
+impl EventKind {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::Alloc,
+            2 => Self::Free,
+            3 => Self::Realloc,
+            4 => Self::Mmap,
+            5 => Self::Munmap,
+            6 => Self::Mremap,
+            7 => Self::Exit,
+            _ => return None,
+        })
+    }
+}
+
+/// One record in the `EVENTS` ring buffer. Fields a kind does not use are zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// An [`EventKind`] as `u32`.
+    pub kind: u32,
+    /// Thread-group id (the process id users see).
+    pub pid: u32,
+    /// Kernel task id of the calling thread.
+    pub tid: u32,
+    /// User stack id in the `STACKS` map; negative errno when the kernel could not record it.
+    pub stack_id: i32,
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    pub addr: u64,
+    pub size: u64,
+    pub old_addr: u64,
+    pub old_size: u64,
+    pub caller: u64,
+}
+
+pub const EVENT_SIZE: usize = 64;
+const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);
+const _: () = assert!(core::mem::align_of::<Event>() == 8);
+
+/// Which allocator entry point a pending call belongs to; decides how the return probe reads
+/// the result.
+pub mod call {
+    pub const ALLOC: u32 = 1;
+    pub const REALLOC: u32 = 2;
+    /// `posix_memalign(void **memptr, ...)`: the block is written through `memptr` and the
+    /// return value is an error number.
+    pub const POSIX_MEMALIGN: u32 = 3;
+}
+
+/// Per-thread state between an allocator's entry and return probes, keyed by `pid_tgid`.
+/// Its presence also marks "an allocator call is in flight" so that the allocator's own
+/// mmaps are not counted a second time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    /// Requested bytes (`u64::MAX` when `nmemb * size` overflowed: not an allocation).
+    pub size: u64,
+    /// `realloc`'s old block, or `posix_memalign`'s `memptr`.
+    pub ptr: u64,
+    /// One of [`call`].
+    pub call: u32,
+    /// Allocator calls nested inside this one (glibc's `reallocarray` tail-calls `realloc`);
+    /// only the outermost call is reported.
+    pub depth: u32,
+}
+const _: () = assert!(core::mem::size_of::<Pending>() == 24);
+
+/// Arguments of an in-flight mmap/munmap/mremap, saved at `sys_enter_*` until `sys_exit_*`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallArgs {
+    pub addr: u64,
+    pub len: u64,
+    pub new_len: u64,
+    pub caller: u64,
+    /// Syscall number, to pair enter and exit of the same call.
+    pub nr: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<SyscallArgs>() == 40);
+
+/// Slots of the per-CPU `COUNTERS` array. Userspace sums them over CPUs.
+pub mod counter {
+    /// A ring-buffer reserve failed: the event is lost.
+    pub const LOST: u32 = 0;
+    /// `bpf_get_stackid` failed (collision in a full bucket, or no memory).
+    pub const STACK_ERRORS: u32 = 1;
+    /// A return probe found no pending entry (evicted from the LRU map).
+    pub const MISSED_RETURNS: u32 = 2;
+    /// The pending map could not take a new entry.
+    pub const PENDING_FULL: u32 = 3;
+    /// Probe hits, all programs together.
+    pub const HITS: u32 = 4;
+    pub const COUNT: u32 = 8;
+}
+
+/// Names of maps and programs, shared so that a rename breaks the build, not the attach.
+pub mod names {
+    pub const EVENTS: &str = "EVENTS";
+    pub const STACKS: &str = "STACKS";
+    pub const TARGETS: &str = "TARGETS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const PENDING: &str = "PENDING";
+    pub const SYSCALLS: &str = "SYSCALLS";
+    /// Global: ring bytes pending above which a submit wakes userspace.
+    pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+}
+
+/// Syscall numbers on x86-64, used to pair enter and exit.
+pub mod nr {
+    pub const MMAP: u32 = 9;
+    pub const MUNMAP: u32 = 11;
+    pub const MREMAP: u32 = 25;
+}
+
+pub const MAP_ANONYMOUS: u64 = 0x20;

@@ -1,0 +1,416 @@
+//! The probe programs and maps. Program names are what userspace attaches by; map names are
+//! shared through `leaktrace_common::names`.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
+    },
+    macros::{map, tracepoint, uprobe, uretprobe},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
+    programs::{ProbeContext, RetProbeContext, TracePointContext, tracing::StackIdContext},
+};
+use leaktrace_common::{
+    Event, EventKind, MAP_ANONYMOUS, Pending, SyscallArgs, call, counter, nr,
+};
+
+/// Default sizes; userspace overrides every one of them at load time from its options.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+#[map]
+static STACKS: StackTrace = StackTrace::with_max_entries(32768, 0);
+/// Traced thread-group ids. Uprobes are already scoped to the targets by the kernel; this also
+/// scopes the system-wide tracepoints, and guards uprobes in children that inherited the
+/// breakpoints across fork.
+#[map]
+static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
+#[map]
+static PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(65536, 0);
+#[map]
+static SYSCALLS: LruHashMap<u64, SyscallArgs> = LruHashMap::with_max_entries(16384, 0);
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Ring bytes pending above which a submit wakes userspace; below it userspace drains on its
+/// timer, which saves a wakeup (~2.3 µs) per event.
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = 1 << 20;
+
+#[inline(always)]
+fn bump(slot: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(slot) {
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+fn traced(tgid: u32) -> bool {
+    unsafe { TARGETS.get(&tgid).is_some() }
+}
+
+#[inline(always)]
+fn emit(ev: &Event) {
+    let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let threshold = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
+    let flags = if pending >= threshold {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if EVENTS.output::<Event>(ev, flags as u64).is_err() {
+        bump(counter::LOST);
+    }
+}
+
+#[inline(always)]
+fn user_stack<C: StackIdContext>(ctx: &C) -> i32 {
+    // No BPF_F_REUSE_STACKID: a reused id would silently point an old block at a new stack.
+    match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+        Ok(id) => id as i32,
+        Err(e) => {
+            bump(counter::STACK_ERRORS);
+            e
+        }
+    }
+}
+
+#[inline(always)]
+fn event(kind: EventKind, pid_tgid: u64) -> Event {
+    Event {
+        kind: kind as u32,
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        stack_id: -1,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ..Event::default()
+    }
+}
+
+// ---- allocator entry / return / free ------------------------------------------------------
+
+#[inline(always)]
+fn alloc_enter(size: u64, ptr: u64, kind: u32) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    if !traced((id >> 32) as u32) {
+        return 0;
+    }
+    bump(counter::HITS);
+    if let Some(p) = PENDING.get_ptr_mut(&id) {
+        // An allocator called from inside another one: the outer call reports.
+        unsafe { (*p).depth += 1 };
+        return 0;
+    }
+    let p = Pending {
+        size,
+        ptr,
+        call: kind,
+        depth: 0,
+    };
+    if PENDING.insert(&id, &p, 0).is_err() {
+        bump(counter::PENDING_FULL);
+    }
+    0
+}
+
+#[inline(always)]
+fn alloc_exit(ctx: &RetProbeContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let Some(p) = PENDING.get_ptr_mut(&id) else {
+        if traced((id >> 32) as u32) {
+            bump(counter::MISSED_RETURNS);
+        }
+        return 0;
+    };
+    let p = unsafe {
+        if (*p).depth > 0 {
+            (*p).depth -= 1;
+            return 0;
+        }
+        *p
+    };
+    let _ = PENDING.remove(&id);
+    bump(counter::HITS);
+    let ret: u64 = ctx.ret();
+    let mut ev = event(EventKind::Alloc, id);
+    ev.size = p.size;
+    match p.call {
+        call::REALLOC => {
+            // Reported even on failure: userspace decides what happened to the old block.
+            ev.kind = EventKind::Realloc as u32;
+            ev.old_addr = p.ptr;
+            ev.addr = ret;
+        }
+        call::POSIX_MEMALIGN => {
+            if ret as u32 != 0 {
+                return 0;
+            }
+            match unsafe { bpf_probe_read_user(p.ptr as *const u64) } {
+                Ok(a) => ev.addr = a,
+                Err(_) => return 0,
+            }
+        }
+        _ => ev.addr = ret,
+    }
+    if ev.kind == EventKind::Alloc as u32 && (ev.addr == 0 || p.size == u64::MAX) {
+        return 0;
+    }
+    if ev.addr != 0 || ev.old_addr != 0 {
+        ev.stack_id = user_stack(ctx);
+    }
+    emit(&ev);
+    0
+}
+
+#[inline(always)]
+fn free_enter(ptr: u64) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    if ptr == 0 || !traced((id >> 32) as u32) {
+        return 0;
+    }
+    bump(counter::HITS);
+    let mut ev = event(EventKind::Free, id);
+    ev.addr = ptr;
+    emit(&ev);
+    0
+}
+
+#[inline(always)]
+fn arg(ctx: &ProbeContext, n: usize) -> u64 {
+    ctx.arg::<u64>(n).unwrap_or(0)
+}
+
+#[inline(always)]
+fn mul(a: u64, b: u64) -> u64 {
+    // An overflowing `nmemb * size` makes calloc/reallocarray fail with NULL, and a NULL return
+    // is never an allocation, so the wrapped product is never reported. (An explicit overflow
+    // check lowers to a 128-bit multiply, which BPF lacks.)
+    a.wrapping_mul(b)
+}
+
+#[uprobe]
+pub fn malloc_enter(ctx: ProbeContext) -> u32 {
+    alloc_enter(arg(&ctx, 0), 0, call::ALLOC)
+}
+
+#[uprobe]
+pub fn calloc_enter(ctx: ProbeContext) -> u32 {
+    alloc_enter(mul(arg(&ctx, 0), arg(&ctx, 1)), 0, call::ALLOC)
+}
+
+#[uprobe]
+pub fn realloc_enter(ctx: ProbeContext) -> u32 {
+    alloc_enter(arg(&ctx, 1), arg(&ctx, 0), call::REALLOC)
+}
+
+#[uprobe]
+pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
+    alloc_enter(mul(arg(&ctx, 1), arg(&ctx, 2)), arg(&ctx, 0), call::REALLOC)
+}
+
+#[uprobe]
+pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
+    alloc_enter(arg(&ctx, 2), arg(&ctx, 0), call::POSIX_MEMALIGN)
+}
+
+/// `memalign(align, size)` and `aligned_alloc(align, size)`.
+#[uprobe]
+pub fn memalign_enter(ctx: ProbeContext) -> u32 {
+    alloc_enter(arg(&ctx, 1), 0, call::ALLOC)
+}
+
+/// `valloc(size)` and `pvalloc(size)`.
+#[uprobe]
+pub fn valloc_enter(ctx: ProbeContext) -> u32 {
+    alloc_enter(arg(&ctx, 0), 0, call::ALLOC)
+}
+
+#[uretprobe]
+pub fn alloc_return(ctx: RetProbeContext) -> u32 {
+    alloc_exit(&ctx)
+}
+
+#[uprobe]
+pub fn free_enter_probe(ctx: ProbeContext) -> u32 {
+    free_enter(arg(&ctx, 0))
+}
+
+// ---- anonymous mappings ---------------------------------------------------------------------
+//
+// /sys/kernel/tracing/events/syscalls/sys_enter_mmap/format (Linux 6.18):
+//   field:int __syscall_nr;     offset:8;  size:4;
+//   field:unsigned long addr;   offset:16; size:8;
+//   field:unsigned long len;    offset:24; size:8;
+//   field:unsigned long prot;   offset:32; size:8;
+//   field:unsigned long flags;  offset:40; size:8;
+//   field:unsigned long fd;     offset:48; size:8;
+//   field:unsigned long off;    offset:56; size:8;
+// sys_enter_munmap: addr@16, len@24. sys_enter_mremap: addr@16, old_len@24, new_len@32.
+// sys_exit_*: field:long ret; offset:16; size:8;
+const ARG0: usize = 16;
+const ARG1: usize = 24;
+const ARG2: usize = 32;
+const ARG3: usize = 40;
+const RET: usize = 16;
+
+/// Offset of `sp` in x86-64 `struct pt_regs` (r15..ss, 21 words; sp is the 20th).
+const PT_REGS_SP: usize = 19 * 8;
+
+#[inline(always)]
+fn read(ctx: &TracePointContext, off: usize) -> u64 {
+    unsafe { ctx.read_at::<u64>(off) }.unwrap_or(0)
+}
+
+/// The word at the user stack pointer at syscall entry. libc's mmap wrapper calls the syscall
+/// without moving the stack, so this is the return address into the code that called mmap, the
+/// frame a frame-pointer walk from inside the wrapper skips. Userspace checks it before use.
+#[inline(always)]
+fn user_return_address() -> u64 {
+    unsafe {
+        let task = bpf_get_current_task_btf();
+        let regs = bpf_task_pt_regs(task) as *const u8;
+        if regs.is_null() {
+            return 0;
+        }
+        let Ok(sp) = bpf_probe_read_kernel(regs.add(PT_REGS_SP) as *const u64) else {
+            return 0;
+        };
+        bpf_probe_read_user(sp as *const u64).unwrap_or(0)
+    }
+}
+
+#[inline(always)]
+fn syscall_enter(nr: u32, addr: u64, len: u64, new_len: u64, caller: u64) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let args = SyscallArgs {
+        addr,
+        len,
+        new_len,
+        caller,
+        nr,
+        _pad: 0,
+    };
+    let _ = SYSCALLS.insert(&id, &args, 0);
+    0
+}
+
+/// The saved arguments of this thread's syscall `nr`, if it is traced and succeeded.
+#[inline(always)]
+fn syscall_exit(ctx: &TracePointContext, nr: u32) -> Option<(u64, SyscallArgs, i64)> {
+    let id = bpf_get_current_pid_tgid();
+    let args = unsafe { *SYSCALLS.get(&id)? };
+    let _ = SYSCALLS.remove(&id);
+    if args.nr != nr {
+        return None;
+    }
+    let ret = read(ctx, RET) as i64;
+    // -4095..-1 are errors; anything else is an address or 0.
+    if (-4095..0).contains(&ret) {
+        return None;
+    }
+    Some((id, args, ret))
+}
+
+/// Skip mappings made by an allocator for its own use (glibc's large blocks and arenas): the
+/// block is already counted by the allocator's probes.
+#[inline(always)]
+fn interesting(id: u64) -> bool {
+    traced((id >> 32) as u32) && unsafe { PENDING.get(&id).is_none() }
+}
+
+#[tracepoint]
+pub fn mmap_enter(ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    if !interesting(id) || read(&ctx, ARG3) & MAP_ANONYMOUS == 0 {
+        return 0;
+    }
+    syscall_enter(nr::MMAP, 0, read(&ctx, ARG1), 0, user_return_address())
+}
+
+#[tracepoint]
+pub fn mmap_exit(ctx: TracePointContext) -> u32 {
+    let Some((id, args, ret)) = syscall_exit(&ctx, nr::MMAP) else {
+        return 0;
+    };
+    bump(counter::HITS);
+    let mut ev = event(EventKind::Mmap, id);
+    ev.addr = ret as u64;
+    ev.size = args.len;
+    ev.caller = args.caller;
+    ev.stack_id = user_stack(&ctx);
+    emit(&ev);
+    0
+}
+
+#[tracepoint]
+pub fn munmap_enter(ctx: TracePointContext) -> u32 {
+    if !traced((bpf_get_current_pid_tgid() >> 32) as u32) {
+        return 0;
+    }
+    syscall_enter(nr::MUNMAP, read(&ctx, ARG0), read(&ctx, ARG1), 0, 0)
+}
+
+#[tracepoint]
+pub fn munmap_exit(ctx: TracePointContext) -> u32 {
+    let Some((id, args, _)) = syscall_exit(&ctx, nr::MUNMAP) else {
+        return 0;
+    };
+    bump(counter::HITS);
+    let mut ev = event(EventKind::Munmap, id);
+    ev.addr = args.addr;
+    ev.size = args.len;
+    emit(&ev);
+    0
+}
+
+#[tracepoint]
+pub fn mremap_enter(ctx: TracePointContext) -> u32 {
+    if !interesting(bpf_get_current_pid_tgid()) {
+        return 0;
+    }
+    syscall_enter(
+        nr::MREMAP,
+        read(&ctx, ARG0),
+        read(&ctx, ARG1),
+        read(&ctx, ARG2),
+        0,
+    )
+}
+
+#[tracepoint]
+pub fn mremap_exit(ctx: TracePointContext) -> u32 {
+    let Some((id, args, ret)) = syscall_exit(&ctx, nr::MREMAP) else {
+        return 0;
+    };
+    bump(counter::HITS);
+    let mut ev = event(EventKind::Mremap, id);
+    ev.old_addr = args.addr;
+    ev.old_size = args.len;
+    ev.addr = ret as u64;
+    ev.size = args.new_len;
+    emit(&ev);
+    0
+}
+
+// sched/sched_process_exit (Linux 6.18):
+//   field:pid_t pid;        offset:24; size:4;
+//   field:bool group_dead;  offset:32; size:1;
+const GROUP_DEAD: usize = 32;
+
+#[tracepoint]
+pub fn process_exit(ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    if !traced(tgid) {
+        return 0;
+    }
+    let group_dead = unsafe { ctx.read_at::<u8>(GROUP_DEAD) }.unwrap_or(0);
+    if group_dead == 0 {
+        return 0;
+    }
+    let _ = TARGETS.remove(&tgid);
+    emit(&event(EventKind::Exit, id));
+    let _ = ctx.as_ptr();
+    0
+}

@@ -1,0 +1,493 @@
+//! The aggregator: outstanding allocations keyed by (pid, address), anonymous mappings as address
+//! ranges per pid, and the survivors grouped per (pid, stack). Pure: no I/O, no clocks (callers
+//! pass "now" in the same CLOCK_MONOTONIC nanoseconds the probes stamp events with), so every
+//! semantic rule is unit-tested here. Symbols and rendering are elsewhere.
+use std::collections::{BTreeMap, HashMap, hash_map::Entry};
+use std::time::Duration;
+
+use leaktrace_common::{Event, EventKind};
+
+/// A process id (thread-group id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Pid(pub u32);
+
+/// A user stack id in the kernel stack map; negative when the kernel could not record one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StackId(pub i32);
+
+impl StackId {
+    pub fn is_valid(self) -> bool {
+        self.0 >= 0
+    }
+}
+
+/// Where a surviving block came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BlockKind {
+    /// malloc family.
+    Heap,
+    /// Anonymous mmap outside an allocator call.
+    Mmap,
+}
+
+const PAGE: u64 = 4096;
+
+/// One live block. 24 bytes; with its (pid, addr) key an entry costs about 48 bytes in the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Block {
+    size: u64,
+    ts_ns: u64,
+    stack: StackId,
+}
+
+/// A live anonymous mapping: like a block, plus where the mmap was called from when the stack
+/// walk skipped that frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Region {
+    len: u64,
+    ts_ns: u64,
+    stack: StackId,
+    caller: u64,
+}
+
+/// Running totals for one process.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcStats {
+    pub outstanding_count: u64,
+    pub outstanding_bytes: u64,
+    pub allocs: u64,
+    pub frees: u64,
+    /// Frees of addresses never seen allocated (allocated before attach): ignored.
+    pub unknown_frees: u64,
+    /// Allocations returned at an address already live (its free was missed): replaced.
+    pub replaced: u64,
+}
+
+#[derive(Debug, Default)]
+struct ProcState {
+    heap: HashMap<u64, Block>,
+    maps: BTreeMap<u64, Region>,
+    stats: ProcStats,
+}
+
+/// Survivors of one (stack, kind) at a given moment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StackSummary {
+    pub stack: StackId,
+    pub kind: BlockKind,
+    /// For mmap sites: the return address found at the user stack pointer at the syscall.
+    pub caller: u64,
+    pub count: u64,
+    pub bytes: u64,
+    pub oldest_age: Duration,
+}
+
+/// What an exited process left behind, computed at its exit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExitedProcess {
+    pub pid: Pid,
+    pub stacks: Vec<StackSummary>,
+    pub stats: ProcStats,
+}
+
+#[derive(Debug, Default)]
+pub struct Aggregator {
+    procs: HashMap<Pid, ProcState>,
+    exited: Vec<ExitedProcess>,
+    min_age: Duration,
+    /// Events for processes not (or no longer) traced.
+    pub foreign_events: u64,
+    pub events: u64,
+}
+
+impl Aggregator {
+    pub fn new(min_age: Duration) -> Self {
+        Self {
+            min_age,
+            ..Self::default()
+        }
+    }
+
+    /// Starts tracking `pid`; events of unknown pids are counted and dropped.
+    pub fn track(&mut self, pid: Pid) {
+        self.procs.entry(pid).or_default();
+    }
+
+    pub fn is_tracked(&self, pid: Pid) -> bool {
+        self.procs.contains_key(&pid)
+    }
+
+    pub fn tracked(&self) -> impl Iterator<Item = Pid> + '_ {
+        self.procs.keys().copied()
+    }
+
+    pub fn stats(&self, pid: Pid) -> Option<ProcStats> {
+        self.procs.get(&pid).map(|p| p.stats)
+    }
+
+    pub fn total_outstanding(&self) -> (u64, u64) {
+        self.procs.values().fold((0, 0), |(c, b), p| {
+            (c + p.stats.outstanding_count, b + p.stats.outstanding_bytes)
+        })
+    }
+
+    pub fn apply(&mut self, ev: &Event) {
+        self.events += 1;
+        let pid = Pid(ev.pid);
+        let Some(kind) = EventKind::from_u32(ev.kind) else {
+            return;
+        };
+        if kind == EventKind::Exit {
+            self.exit(pid, ev.ts_ns);
+            return;
+        }
+        let Some(p) = self.procs.get_mut(&pid) else {
+            self.foreign_events += 1;
+            return;
+        };
+        let stack = StackId(ev.stack_id);
+        match kind {
+            EventKind::Alloc => p.alloc(ev.addr, ev.size, ev.ts_ns, stack),
+            EventKind::Free => p.free(ev.addr),
+            EventKind::Realloc => {
+                if ev.addr != 0 {
+                    if ev.old_addr != 0 {
+                        p.free(ev.old_addr);
+                    }
+                    p.alloc(ev.addr, ev.size, ev.ts_ns, stack);
+                } else if ev.size == 0 && ev.old_addr != 0 {
+                    // realloc(p, 0) frees p and returns NULL.
+                    p.free(ev.old_addr);
+                }
+                // Otherwise realloc failed and the old block is still live.
+            }
+            EventKind::Mmap => {
+                // MAP_FIXED may replace part of a tracked mapping.
+                p.unmap(ev.addr, ev.size);
+                p.map(
+                    ev.addr,
+                    Region {
+                        len: ev.size,
+                        ts_ns: ev.ts_ns,
+                        stack,
+                        caller: ev.caller,
+                    },
+                );
+            }
+            EventKind::Munmap => p.unmap(ev.addr, ev.size),
+            EventKind::Mremap => {
+                // Only a tracked mapping moves; it keeps the stack of its mmap.
+                if let Some(r) = p.maps.get(&ev.old_addr).copied() {
+                    p.unmap(ev.old_addr, ev.old_size);
+                    p.unmap(ev.addr, ev.size);
+                    p.map(ev.addr, Region { len: ev.size, ..r });
+                }
+            }
+            EventKind::Exit => {} // handled above
+        }
+    }
+
+    /// Forgets `pid` after recording what it left outstanding (all of it, subject to min-age).
+    pub fn exit(&mut self, pid: Pid, now_ns: u64) {
+        if let Some(p) = self.procs.remove(&pid) {
+            let stacks = p.survivors(now_ns, self.min_age);
+            self.exited.push(ExitedProcess {
+                pid,
+                stacks,
+                stats: p.stats,
+            });
+        }
+    }
+
+    /// Processes that exited since the last call, each reported once.
+    pub fn take_exited(&mut self) -> Vec<ExitedProcess> {
+        std::mem::take(&mut self.exited)
+    }
+
+    /// Survivors of `pid` older than min-age at `now_ns`, largest first.
+    pub fn survivors(&self, pid: Pid, now_ns: u64) -> Vec<StackSummary> {
+        self.procs
+            .get(&pid)
+            .map(|p| p.survivors(now_ns, self.min_age))
+            .unwrap_or_default()
+    }
+}
+
+impl ProcState {
+    fn alloc(&mut self, addr: u64, size: u64, ts_ns: u64, stack: StackId) {
+        if addr == 0 {
+            return;
+        }
+        self.stats.allocs += 1;
+        let b = Block { size, ts_ns, stack };
+        match self.heap.entry(addr) {
+            Entry::Occupied(mut o) => {
+                self.stats.replaced += 1;
+                self.stats.outstanding_bytes -= o.get().size;
+                self.stats.outstanding_bytes += size;
+                o.insert(b);
+            }
+            Entry::Vacant(v) => {
+                v.insert(b);
+                self.stats.outstanding_count += 1;
+                self.stats.outstanding_bytes += size;
+            }
+        }
+    }
+
+    fn free(&mut self, addr: u64) {
+        if addr == 0 {
+            return;
+        }
+        match self.heap.remove(&addr) {
+            Some(b) => {
+                self.stats.frees += 1;
+                self.stats.outstanding_count -= 1;
+                self.stats.outstanding_bytes -= b.size;
+            }
+            None => self.stats.unknown_frees += 1,
+        }
+    }
+
+    fn map(&mut self, addr: u64, r: Region) {
+        if addr == 0 || r.len == 0 {
+            return;
+        }
+        self.stats.allocs += 1;
+        self.stats.outstanding_count += 1;
+        self.stats.outstanding_bytes += r.len;
+        self.maps.insert(addr, r);
+    }
+
+    /// Removes [addr, addr+len) (page-rounded, as the kernel does) from the tracked mappings,
+    /// splitting any mapping that straddles an edge.
+    fn unmap(&mut self, addr: u64, len: u64) {
+        let start = addr & !(PAGE - 1);
+        let end = addr.saturating_add(len).saturating_add(PAGE - 1) & !(PAGE - 1);
+        if end <= start {
+            return;
+        }
+        let hit: Vec<u64> = self
+            .maps
+            .range(..end)
+            .rev()
+            // Tracked mappings never overlap, so the first one that ends before `start` ends
+            // the overlapping run.
+            .take_while(|(a, r)| a.saturating_add(r.len) > start)
+            .map(|(a, _)| *a)
+            .collect();
+        for a in hit {
+            let Some(r) = self.maps.remove(&a) else { continue };
+            self.stats.outstanding_count -= 1;
+            self.stats.outstanding_bytes -= r.len;
+            self.stats.frees += 1;
+            let r_end = a + r.len;
+            if a < start {
+                self.keep_piece(a, start - a, r);
+            }
+            if r_end > end {
+                self.keep_piece(end, r_end - end, r);
+            }
+        }
+    }
+
+    fn keep_piece(&mut self, addr: u64, len: u64, r: Region) {
+        self.stats.outstanding_count += 1;
+        self.stats.outstanding_bytes += len;
+        self.maps.insert(addr, Region { len, ..r });
+    }
+
+    fn survivors(&self, now_ns: u64, min_age: Duration) -> Vec<StackSummary> {
+        let min_age_ns = min_age.as_nanos().min(u64::MAX as u128) as u64;
+        let mut groups: HashMap<(StackId, BlockKind, u64), (u64, u64, u64)> = HashMap::new();
+        let mut add = |key, size: u64, ts: u64| {
+            if now_ns.saturating_sub(ts) < min_age_ns {
+                return;
+            }
+            let g = groups.entry(key).or_insert((0, 0, u64::MAX));
+            g.0 += 1;
+            g.1 += size;
+            g.2 = g.2.min(ts);
+        };
+        for b in self.heap.values() {
+            add((b.stack, BlockKind::Heap, 0), b.size, b.ts_ns);
+        }
+        for r in self.maps.values() {
+            add((r.stack, BlockKind::Mmap, r.caller), r.len, r.ts_ns);
+        }
+        let mut out: Vec<StackSummary> = groups
+            .into_iter()
+            .map(|((stack, kind, caller), (count, bytes, oldest))| StackSummary {
+                stack,
+                kind,
+                caller,
+                count,
+                bytes,
+                oldest_age: Duration::from_nanos(now_ns.saturating_sub(oldest)),
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            b.bytes
+                .cmp(&a.bytes)
+                .then(b.count.cmp(&a.count))
+                .then(a.stack.cmp(&b.stack))
+        });
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: u32 = 100;
+    const S: u64 = 1_000_000_000;
+
+    fn ev(kind: EventKind, addr: u64, size: u64, old: u64, ts_s: u64, stack: i32) -> Event {
+        Event {
+            kind: kind as u32,
+            pid: P,
+            tid: P,
+            stack_id: stack,
+            ts_ns: ts_s * S,
+            addr,
+            size,
+            old_addr: old,
+            ..Event::default()
+        }
+    }
+
+    fn agg() -> Aggregator {
+        let mut a = Aggregator::new(Duration::from_secs(5));
+        a.track(Pid(P));
+        a
+    }
+
+    fn totals(a: &Aggregator) -> (u64, u64) {
+        let s = a.stats(Pid(P)).unwrap();
+        (s.outstanding_count, s.outstanding_bytes)
+    }
+
+    #[test]
+    fn malloc_free_pair_is_not_a_survivor() {
+        let mut a = agg();
+        a.apply(&ev(EventKind::Alloc, 0x1000, 64, 0, 1, 7));
+        a.apply(&ev(EventKind::Free, 0x1000, 0, 0, 2, -1));
+        assert_eq!(totals(&a), (0, 0));
+        assert!(a.survivors(Pid(P), 100 * S).is_empty());
+    }
+
+    #[test]
+    fn survivors_group_by_stack_and_respect_min_age() {
+        let mut a = agg();
+        a.apply(&ev(EventKind::Alloc, 0x1000, 100, 0, 1, 7));
+        a.apply(&ev(EventKind::Alloc, 0x2000, 100, 0, 3, 7));
+        a.apply(&ev(EventKind::Alloc, 0x3000, 50, 0, 9, 8)); // too young at t=10
+        let s = a.survivors(Pid(P), 10 * S);
+        assert_eq!(s.len(), 1);
+        assert_eq!((s[0].stack, s[0].count, s[0].bytes), (StackId(7), 2, 200));
+        assert_eq!(s[0].oldest_age, Duration::from_secs(9));
+        assert_eq!(totals(&a), (3, 250));
+    }
+
+    #[test]
+    fn realloc_success_moves_the_block() {
+        let mut a = agg();
+        a.apply(&ev(EventKind::Alloc, 0x1000, 100, 0, 1, 1));
+        a.apply(&ev(EventKind::Realloc, 0x5000, 200, 0x1000, 1, 2));
+        assert_eq!(totals(&a), (1, 200));
+        let s = a.survivors(Pid(P), 10 * S);
+        assert_eq!((s[0].stack, s[0].bytes), (StackId(2), 200));
+    }
+
+    #[test]
+    fn realloc_in_place_keeps_one_block() {
+        let mut a = agg();
+        a.apply(&ev(EventKind::Alloc, 0x1000, 100, 0, 1, 1));
+        a.apply(&ev(EventKind::Realloc, 0x1000, 150, 0x1000, 1, 2));
+        assert_eq!(totals(&a), (1, 150));
+    }
+
+    #[test]
+    fn failed_realloc_keeps_the_old_block() {
+        let mut a = agg();
+        a.apply(&ev(EventKind::Alloc, 0x1000, 100, 0, 1, 1));
+        a.apply(&ev(EventKind::Realloc, 0, 1 << 40, 0x1000, 1, 2));
+        assert_eq!(totals(&a), (1, 100));
+    }
+
+    #[test]
+    fn realloc_null_is_malloc_and_realloc_zero_frees() {
+        let mut a = agg();
+        a.apply(&ev(EventKind::Realloc, 0x1000, 10, 0, 1, 1));
+        assert_eq!(totals(&a), (1, 10));
+        a.apply(&ev(EventKind::Realloc, 0, 0, 0x1000, 1, 1));
+        assert_eq!(totals(&a), (0, 0));
+    }
+
+    #[test]
+    fn null_returns_and_unknown_frees_are_ignored() {
+        let mut a = agg();
+        // calloc overflow returns NULL: not an allocation.
+        a.apply(&ev(EventKind::Alloc, 0, u64::MAX, 0, 1, 1));
+        a.apply(&ev(EventKind::Free, 0xdead, 0, 0, 1, -1));
+        a.apply(&ev(EventKind::Free, 0, 0, 0, 1, -1));
+        assert_eq!(totals(&a), (0, 0));
+        assert_eq!(a.stats(Pid(P)).unwrap().unknown_frees, 1);
+    }
+
+    #[test]
+    fn same_address_in_two_processes_does_not_collide() {
+        let mut a = agg();
+        a.track(Pid(200));
+        a.apply(&ev(EventKind::Alloc, 0x1000, 10, 0, 1, 1));
+        let mut other = ev(EventKind::Alloc, 0x1000, 20, 0, 1, 1);
+        other.pid = 200;
+        a.apply(&other);
+        let mut free_other = ev(EventKind::Free, 0x1000, 0, 0, 2, -1);
+        free_other.pid = 200;
+        a.apply(&free_other);
+        assert_eq!(totals(&a), (1, 10));
+    }
+
+    #[test]
+    fn exit_reports_once_then_forgets() {
+        let mut a = agg();
+        a.apply(&ev(EventKind::Alloc, 0x1000, 10, 0, 1, 1));
+        a.apply(&ev(EventKind::Exit, 0, 0, 0, 20, -1));
+        assert!(!a.is_tracked(Pid(P)));
+        let exited = a.take_exited();
+        assert_eq!(exited.len(), 1);
+        assert_eq!(exited[0].stacks[0].bytes, 10);
+        assert!(a.take_exited().is_empty());
+        // Later events of the dead pid are foreign, not a new process.
+        a.apply(&ev(EventKind::Alloc, 0x2000, 10, 0, 21, 1));
+        assert_eq!(a.foreign_events, 1);
+    }
+
+    #[test]
+    fn partial_munmap_splits_and_mremap_moves() {
+        let mut a = agg();
+        a.apply(&ev(EventKind::Mmap, 0x10000, 4 * PAGE, 0, 1, 3));
+        a.apply(&ev(EventKind::Munmap, 0x10000 + PAGE, PAGE, 0, 2, -1));
+        assert_eq!(totals(&a), (2, 3 * PAGE));
+        let mut m = ev(EventKind::Mremap, 0x90000, 8 * PAGE, 0x10000, 3, -1);
+        m.old_size = PAGE;
+        a.apply(&m);
+        assert_eq!(totals(&a), (2, 10 * PAGE));
+        let s = a.survivors(Pid(P), 100 * S);
+        assert!(s.iter().all(|x| x.stack == StackId(3) && x.kind == BlockKind::Mmap));
+        // Unmapping everything leaves nothing.
+        a.apply(&ev(EventKind::Munmap, 0x0, 0x100000, 0, 4, -1));
+        assert_eq!(totals(&a), (0, 0));
+    }
+
+    #[test]
+    fn mremap_of_untracked_mapping_is_ignored() {
+        let mut a = agg();
+        let mut m = ev(EventKind::Mremap, 0x90000, 8 * PAGE, 0x10000, 3, -1);
+        m.old_size = PAGE;
+        a.apply(&m);
+        assert_eq!(totals(&a), (0, 0));
+    }
+}

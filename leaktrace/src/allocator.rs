@@ -1,0 +1,467 @@
+//! Finding the malloc-family functions a process can call, and where to probe them.
+//!
+//! This module owns two questions: which files mapped into a process define an
+//! allocator (a `malloc` *and* a `free`), and, for each such file, the file offsets of
+//! its allocation functions and of the instruction to attach a uprobe at (chosen by
+//! [`crate::prologue`]). It reads ELF files and `/proc/PID/maps`; it does not attach
+//! probes, symbolize stacks, or decide which processes to trace.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use object::read::ReadCache;
+use object::{Architecture, Object, ObjectSegment, ObjectSymbol, ReadRef, SymbolFlags, SymbolKind};
+use procfs::FromBufRead;
+use procfs::process::{MMPermissions, MMapPath, MemoryMaps};
+
+use crate::prologue::{MAX_PROLOGUE_BYTES, choose_probe_offset};
+
+/// An allocation or deallocation function leaktrace probes, by its C name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AllocFn {
+    Malloc,
+    Calloc,
+    Realloc,
+    Reallocarray,
+    PosixMemalign,
+    AlignedAlloc,
+    Memalign,
+    Valloc,
+    Pvalloc,
+    Free,
+}
+
+impl AllocFn {
+    /// Every function, in the order points are reported.
+    pub const ALL: [AllocFn; 10] = [
+        AllocFn::Malloc,
+        AllocFn::Calloc,
+        AllocFn::Realloc,
+        AllocFn::Reallocarray,
+        AllocFn::PosixMemalign,
+        AllocFn::AlignedAlloc,
+        AllocFn::Memalign,
+        AllocFn::Valloc,
+        AllocFn::Pvalloc,
+        AllocFn::Free,
+    ];
+
+    /// The exported symbol name, without any ELF version suffix.
+    pub fn symbol(&self) -> &'static str {
+        match self {
+            AllocFn::Malloc => "malloc",
+            AllocFn::Calloc => "calloc",
+            AllocFn::Realloc => "realloc",
+            AllocFn::Reallocarray => "reallocarray",
+            AllocFn::PosixMemalign => "posix_memalign",
+            AllocFn::AlignedAlloc => "aligned_alloc",
+            AllocFn::Memalign => "memalign",
+            AllocFn::Valloc => "valloc",
+            AllocFn::Pvalloc => "pvalloc",
+            AllocFn::Free => "free",
+        }
+    }
+
+    /// The function exported under `name`, if it is one of ours.
+    pub fn from_symbol(name: &str) -> Option<AllocFn> {
+        AllocFn::ALL.into_iter().find(|f| f.symbol() == name)
+    }
+}
+
+impl fmt::Display for AllocFn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.symbol())
+    }
+}
+
+/// One function entry in a file, and where to attach to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbePoint {
+    /// Every name exported at this address, e.g. glibc's `aligned_alloc` and `memalign`
+    /// are one function. One probe serves them all; the caller decides how to treat the
+    /// arguments, which these aliases share.
+    pub funcs: Vec<AllocFn>,
+    /// File offset of the function's first instruction.
+    pub symbol_offset: u64,
+    /// File offset to attach at: `symbol_offset` plus the prologue choice.
+    pub probe_offset: u64,
+    /// Whether the kernel emulates the instruction at `probe_offset` (cheap) rather than
+    /// single-stepping it.
+    pub emulated: bool,
+    /// The instruction at `probe_offset`, for log messages.
+    pub instruction: String,
+}
+
+/// A file that defines an allocator, as mapped by one process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllocatorLib {
+    /// The path as the target process sees it (from `/proc/PID/maps`).
+    pub path: PathBuf,
+    /// A path we can open from our own mount namespace (`/proc/PID/root` + `path`).
+    pub open_path: PathBuf,
+    /// One entry per distinct function address, ordered by [`AllocFn::ALL`].
+    pub points: Vec<ProbePoint>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AllocatorError {
+    #[error(
+        "cannot read /proc/{pid}/maps: {source} (is process {pid} still running, and may this user trace it?)"
+    )]
+    ReadMaps { pid: u32, source: io::Error },
+    #[error("cannot parse /proc/{pid}/maps: {source}")]
+    ParseMaps { pid: u32, source: procfs::ProcError },
+    #[error("cannot open {}: {source}", path.display())]
+    Open { path: PathBuf, source: io::Error },
+    #[error("cannot parse {} as an ELF file: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        source: object::Error,
+    },
+    #[error("{} is built for {arch}; leaktrace can only probe x86-64 code", path.display())]
+    UnsupportedArchitecture { path: PathBuf, arch: String },
+    #[error(
+        "cannot read the code of {symbol} (address {address:#x}) in {}: no loadable segment holds it; the file may be truncated or corrupt",
+        path.display()
+    )]
+    CodeNotFound {
+        path: PathBuf,
+        symbol: AllocFn,
+        address: u64,
+    },
+}
+
+impl AllocatorError {
+    /// True when the file simply is not an ELF file we can use, as opposed to one we
+    /// could not read. `find_allocators` skips such mappings instead of failing.
+    fn is_not_elf(&self) -> bool {
+        matches!(
+            self,
+            AllocatorError::Parse { .. } | AllocatorError::UnsupportedArchitecture { .. }
+        )
+    }
+}
+
+/// Looks for the malloc-family functions defined in the ELF file at `open_path`.
+///
+/// `path_as_seen` is only recorded in the result. Returns `Ok(None)` when the file does
+/// not define both `malloc` and `free`, so it is not an allocator.
+///
+/// Both the dynamic symbol table and `.symtab` (present in unstripped and static
+/// binaries) are searched; only defined functions count, never imports. GNU indirect
+/// functions are left out, since their address is the resolver, not the function.
+pub fn inspect_elf(
+    path_as_seen: &Path,
+    open_path: &Path,
+) -> Result<Option<AllocatorLib>, AllocatorError> {
+    let file = File::open(open_path).map_err(|source| AllocatorError::Open {
+        path: open_path.to_path_buf(),
+        source,
+    })?;
+    // Reads only the parts of the file that are looked at: executables can be huge.
+    let cache = ReadCache::new(file);
+    let elf = object::File::parse(&cache).map_err(|source| AllocatorError::Parse {
+        path: open_path.to_path_buf(),
+        source,
+    })?;
+    if elf.architecture() != Architecture::X86_64 {
+        return Err(AllocatorError::UnsupportedArchitecture {
+            path: open_path.to_path_buf(),
+            arch: format!("{:?}", elf.architecture()),
+        });
+    }
+
+    // address -> (functions there, size of the symbol when known)
+    let mut by_address: BTreeMap<u64, (Vec<AllocFn>, u64)> = BTreeMap::new();
+    for symbol in elf.dynamic_symbols().chain(elf.symbols()) {
+        if !symbol.is_definition() || symbol.kind() != SymbolKind::Text || is_ifunc(&symbol) {
+            continue;
+        }
+        let Some(func) = symbol.name().ok().and_then(AllocFn::from_symbol) else {
+            continue;
+        };
+        let entry = by_address
+            .entry(symbol.address())
+            .or_insert_with(|| (Vec::new(), 0));
+        if !entry.0.contains(&func) {
+            entry.0.push(func);
+        }
+        entry.1 = entry.1.max(symbol.size());
+    }
+
+    let defines = |wanted: AllocFn| {
+        by_address
+            .values()
+            .any(|(funcs, _)| funcs.contains(&wanted))
+    };
+    if !defines(AllocFn::Malloc) || !defines(AllocFn::Free) {
+        return Ok(None);
+    }
+
+    let mut points = Vec::with_capacity(by_address.len());
+    for (address, (mut funcs, size)) in by_address {
+        funcs.sort();
+        let first = funcs.first().copied().unwrap_or(AllocFn::Malloc);
+        let not_found = || AllocatorError::CodeNotFound {
+            path: open_path.to_path_buf(),
+            symbol: first,
+            address,
+        };
+        let (symbol_offset, bytes_in_file) = file_offset(&elf, address).ok_or_else(not_found)?;
+        let mut len = bytes_in_file.min(MAX_PROLOGUE_BYTES as u64);
+        if size > 0 {
+            len = len.min(size);
+        }
+        let code = cache
+            .read_bytes_at(symbol_offset, len)
+            .map_err(|()| not_found())?;
+        let site = choose_probe_offset(code);
+        points.push(ProbePoint {
+            funcs,
+            symbol_offset,
+            probe_offset: symbol_offset + site.offset,
+            emulated: site.emulated,
+            instruction: site.instruction,
+        });
+    }
+    points.sort_by_key(|p| p.funcs.first().copied());
+
+    Ok(Some(AllocatorLib {
+        path: path_as_seen.to_path_buf(),
+        open_path: open_path.to_path_buf(),
+        points,
+    }))
+}
+
+fn is_ifunc<'data, S: ObjectSymbol<'data>>(symbol: &S) -> bool {
+    match symbol.flags() {
+        SymbolFlags::Elf { st_info, .. } => st_info & 0xf == object::elf::STT_GNU_IFUNC,
+        _ => false,
+    }
+}
+
+/// Maps a virtual address to its file offset through the loadable segment holding it,
+/// as the kernel's uprobe API wants file offsets. Also returns how many bytes of the
+/// segment's file image follow it. Segments rather than sections, because stripped
+/// files may lack section headers but a loadable file always has program headers.
+fn file_offset<'data, R: ReadRef<'data>>(
+    elf: &object::File<'data, R>,
+    address: u64,
+) -> Option<(u64, u64)> {
+    elf.segments().find_map(|segment| {
+        let (offset, file_size) = segment.file_range();
+        let delta = address.checked_sub(segment.address())?;
+        (delta < file_size).then(|| (offset + delta, file_size - delta))
+    })
+}
+
+/// Finds the allocators mapped executable into process `pid`, in the order of
+/// `/proc/PID/maps` (so the program itself, if it defines its own `malloc`, comes
+/// first, as it does for static binaries).
+///
+/// Mappings of deleted files (e.g. a library upgraded under a running process) and
+/// files that are not x86-64 ELF are skipped; failing to open a mapped file is an
+/// error, because silently missing the process's libc would report nothing.
+pub fn find_allocators(pid: u32) -> Result<Vec<AllocatorLib>, AllocatorError> {
+    let maps_path = format!("/proc/{pid}/maps");
+    let text =
+        std::fs::read(&maps_path).map_err(|source| AllocatorError::ReadMaps { pid, source })?;
+    let maps = MemoryMaps::from_buf_read(text.as_slice())
+        .map_err(|source| AllocatorError::ParseMaps { pid, source })?;
+
+    let mut seen: Vec<PathBuf> = Vec::new();
+    let mut found = Vec::new();
+    for map in maps {
+        if !map.perms.contains(MMPermissions::EXECUTE) {
+            continue;
+        }
+        let MMapPath::Path(path) = map.pathname else {
+            continue;
+        };
+        let deleted = path.to_string_lossy().ends_with(" (deleted)");
+        if !path.is_absolute() || deleted || seen.contains(&path) {
+            continue;
+        }
+        let open_path = root_path(pid, &path);
+        seen.push(path.clone());
+        match inspect_elf(&path, &open_path) {
+            Ok(Some(lib)) => found.push(lib),
+            Ok(None) => {}
+            Err(e) if e.is_not_elf() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(found)
+}
+
+/// `path` as reachable from our mount namespace, through the target's root.
+fn root_path(pid: u32, path: &Path) -> PathBuf {
+    let relative = path.strip_prefix("/").unwrap_or(path);
+    Path::new("/proc")
+        .join(pid.to_string())
+        .join("root")
+        .join(relative)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The libc this test binary runs with, as named in our own maps.
+    fn own_libc() -> PathBuf {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+        maps.lines()
+            .filter_map(|line| line.split_whitespace().nth(5))
+            .find(|path| path.ends_with("/libc.so.6"))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| panic!("this test binary maps no libc.so.6:\n{maps}"))
+    }
+
+    fn point(lib: &AllocatorLib, func: AllocFn) -> &ProbePoint {
+        lib.points
+            .iter()
+            .find(|p| p.funcs.contains(&func))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{func} not found in {}: {:#?}",
+                    lib.path.display(),
+                    lib.points
+                )
+            })
+    }
+
+    /// File offset of the code `name` resolves to in this process, independently of
+    /// our ELF reading: dlsym for the address, our own maps for the file offset.
+    fn loaded_file_offset(name: &str) -> u64 {
+        let c_name = std::ffi::CString::new(name).unwrap_or_default();
+        // SAFETY: dlsym with a NUL-terminated name only looks the symbol up.
+        let address = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c_name.as_ptr()) } as u64;
+        assert_ne!(address, 0, "dlsym({name}) failed");
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+        for line in maps.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(range), Some(offset)) = (fields.first(), fields.get(2)) else {
+                continue;
+            };
+            let Some((start, end)) = range.split_once('-') else {
+                continue;
+            };
+            let parse = |s: &str| u64::from_str_radix(s, 16).unwrap_or(0);
+            if (parse(start)..parse(end)).contains(&address) {
+                return address - parse(start) + parse(offset);
+            }
+        }
+        panic!("{name} at {address:#x} is in no mapping");
+    }
+
+    #[test]
+    fn finds_every_function_in_the_system_libc() {
+        let path = own_libc();
+        let lib = inspect_elf(&path, &path)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("{} is not an allocator?", path.display()));
+
+        for func in AllocFn::ALL {
+            let p = point(&lib, func);
+            assert_eq!(
+                p.symbol_offset,
+                loaded_file_offset(func.symbol()),
+                "{func} in {}",
+                path.display()
+            );
+            assert!(p.probe_offset >= p.symbol_offset && p.probe_offset < p.symbol_offset + 64);
+        }
+
+        let aligned = point(&lib, AllocFn::AlignedAlloc);
+        assert_eq!(
+            aligned.funcs,
+            vec![AllocFn::AlignedAlloc, AllocFn::Memalign]
+        );
+        assert_eq!(
+            lib.points.len(),
+            AllocFn::ALL.len() - 1,
+            "each address once: {:#?}",
+            lib.points
+        );
+    }
+
+    #[test]
+    fn glibc_2_36_free_is_probed_at_its_emulated_je() {
+        let path = own_libc();
+        let Ok(Some(lib)) = inspect_elf(&path, &path) else {
+            panic!("cannot inspect {}", path.display());
+        };
+        let free = point(&lib, AllocFn::Free);
+        // SAFETY: glibc returns a static NUL-terminated string.
+        let version = unsafe { std::ffi::CStr::from_ptr(libc::gnu_get_libc_version()) };
+        if version.to_bytes() != b"2.36" {
+            eprintln!("skipped: free's prologue was checked on glibc 2.36, this is {version:?}");
+            return;
+        }
+        assert_eq!(free.probe_offset, free.symbol_offset + 3, "{free:?}");
+        assert!(free.emulated, "{free:?}");
+        assert!(free.instruction.starts_with("je "), "{free:?}");
+    }
+
+    #[test]
+    fn libm_is_not_an_allocator() {
+        let libc = own_libc();
+        let libm = libc.with_file_name("libm.so.6");
+        assert!(libm.exists(), "{} should exist beside libc", libm.display());
+        let result = inspect_elf(&libm, &libm).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(result, None);
+    }
+
+    #[test]
+    fn errors_name_the_file() {
+        let missing = Path::new("/nonexistent/libc.so.6");
+        let err = inspect_elf(missing, missing).err().map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.starts_with("cannot open /nonexistent/libc.so.6: ")),
+            "{err:?}"
+        );
+        let not_elf = Path::new("/proc/self/maps");
+        let err = inspect_elf(not_elf, not_elf).err();
+        assert!(
+            err.as_ref().is_some_and(AllocatorError::is_not_elf),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn finds_libc_in_this_process() {
+        let pid = std::process::id();
+        let libs = find_allocators(pid).unwrap_or_else(|e| panic!("{e}"));
+        let libc = own_libc();
+        let lib = libs
+            .iter()
+            .find(|l| l.path == libc)
+            .unwrap_or_else(|| panic!("no {} in {libs:#?}", libc.display()));
+        assert_eq!(lib.open_path, root_path(pid, &libc));
+        assert!(lib.open_path.starts_with(format!("/proc/{pid}/root/")));
+    }
+
+    #[test]
+    fn missing_process_is_named() {
+        // PIDs are at most 2^22 on Linux, so this one cannot exist.
+        let err = find_allocators(u32::MAX).err().map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e
+                    .starts_with("cannot read /proc/4294967295/maps: No such file or directory")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn symbols_round_trip() {
+        for func in AllocFn::ALL {
+            assert_eq!(AllocFn::from_symbol(func.symbol()), Some(func));
+        }
+        assert_eq!(AllocFn::from_symbol("malloc@@GLIBC_2.2.5"), None);
+    }
+}

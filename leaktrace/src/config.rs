@@ -1,0 +1,201 @@
+//! Raw command-line arguments (clap) and their validated form. `Config::try_from(cli)` turns
+//! strings into `Duration`s and sizes and rejects nonsense with a message that says what to type.
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::error::Error;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "leaktrace",
+    version,
+    about = "eBPF memory-leak tracer: attach to running processes and report the call stacks \
+             that hold memory they never give back",
+    after_help = "Exit codes: 0 success; 1 failure while tracing; 2 bad input or unusable \
+                  environment (not root, no such process, no BTF/uprobes)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Trace processes by PID (-p) or launch a command (after --) and report surviving allocations.
+    Trace(TraceArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TraceArgs {
+    /// Process to trace (repeatable). Mutually exclusive with a command after `--`.
+    #[arg(short = 'p', long = "pid", value_name = "PID")]
+    pub pids: Vec<String>,
+    /// Allocations younger than this are not reported as leaks (e.g. 500ms, 5s, 1m).
+    #[arg(long, default_value = "5s", value_name = "DURATION")]
+    pub min_age: String,
+    /// Stop after this long (default: until Ctrl-C, SIGTERM or all targets exit).
+    #[arg(long, value_name = "DURATION")]
+    pub duration: Option<String>,
+    /// Also print a report every interval.
+    #[arg(long, value_name = "DURATION")]
+    pub interval: Option<String>,
+    /// Stacks to show per process.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub top: usize,
+    /// Report format. JSON prints one document per report, one per line.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Write reports to FILE instead of stdout.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Ring buffer size in bytes (power of two, multiple of the page size).
+    #[arg(long, default_value_t = 8 << 20, value_name = "BYTES")]
+    pub ring_size: u32,
+    /// Entries of the kernel stack-trace map; a full map makes stacks fail (counted).
+    #[arg(long, default_value_t = 32768, value_name = "N")]
+    pub stack_map_entries: u32,
+    /// Command to launch and trace from its first allocation.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// What to trace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Pids(Vec<u32>),
+    Launch(Vec<String>),
+}
+
+#[derive(Debug, Clone)]
+pub struct TraceConfig {
+    pub target: Target,
+    pub min_age: Duration,
+    pub duration: Option<Duration>,
+    pub interval: Option<Duration>,
+    pub top: usize,
+    pub format: Format,
+    pub output: Option<PathBuf>,
+    pub ring_size: u32,
+    pub stack_map_entries: u32,
+}
+
+impl TryFrom<TraceArgs> for TraceConfig {
+    type Error = Error;
+
+    fn try_from(a: TraceArgs) -> Result<Self, Error> {
+        let target = match (a.pids.is_empty(), a.command.is_empty()) {
+            (true, true) => {
+                return Err(Error::Usage(
+                    "nothing to trace: give -p PID, or a command after `--` (leaktrace trace -- ./prog)"
+                        .into(),
+                ));
+            }
+            (false, false) => {
+                return Err(Error::Usage(
+                    "give either -p PID or a command after `--`, not both".into(),
+                ));
+            }
+            (false, true) => Target::Pids(
+                a.pids
+                    .iter()
+                    .map(|p| parse_pid(p))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            (true, false) => Target::Launch(a.command),
+        };
+        let positive = |name: &str, v: &str| -> Result<Duration, Error> {
+            let d = parse_duration(v).map_err(|e| Error::Usage(format!("--{name}: {e}")))?;
+            if d.is_zero() {
+                return Err(Error::Usage(format!(
+                    "--{name}: must be more than zero (e.g. 500ms, 30s)"
+                )));
+            }
+            Ok(d)
+        };
+        let ring_size = a.ring_size;
+        if !ring_size.is_power_of_two() || ring_size < 4096 {
+            return Err(Error::Usage(format!(
+                "--ring-size {ring_size}: must be a power of two of at least 4096 (e.g. 8388608)"
+            )));
+        }
+        if a.stack_map_entries == 0 {
+            return Err(Error::Usage("--stack-map-entries: must be at least 1".into()));
+        }
+        Ok(TraceConfig {
+            target,
+            min_age: parse_duration(&a.min_age)
+                .map_err(|e| Error::Usage(format!("--min-age: {e}")))?,
+            duration: a.duration.as_deref().map(|v| positive("duration", v)).transpose()?,
+            interval: a.interval.as_deref().map(|v| positive("interval", v)).transpose()?,
+            top: a.top,
+            format: a.format,
+            output: a.output,
+            ring_size,
+            stack_map_entries: a.stack_map_entries,
+        })
+    }
+}
+
+fn parse_pid(s: &str) -> Result<u32, Error> {
+    match s.trim().parse::<u32>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(Error::Usage(format!(
+            "invalid PID '{s}': give a positive process id, as shown by `pgrep NAME`"
+        ))),
+    }
+}
+
+/// Parses `500ms`, `30s`, `5m`, `1h`, `1.5s`. A bare number is rejected: the unit is required
+/// so that nobody has to guess it.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("invalid duration '{s}': add a unit, e.g. 500ms, 30s, 5m"))?;
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration '{s}': expected a number then ms, s, m or h"))?;
+    let scale = match unit {
+        "us" => 1e-6,
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => {
+            return Err(format!(
+                "invalid duration '{s}': unknown unit '{unit}', use ms, s, m or h"
+            ));
+        }
+    };
+    let secs = value * scale;
+    if !secs.is_finite() || secs > 1e9 {
+        return Err(format!("invalid duration '{s}': too large"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert!(parse_duration("5").unwrap_err().contains("add a unit"));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("abc").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

@@ -1,0 +1,31 @@
+//! Thin entry point: parse, validate, run, map the result to an exit code.
+use clap::Parser;
+use leaktrace::{
+    config::{Cli, Command, TraceConfig},
+    error::{EXIT_USAGE, Error},
+};
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // clap prints help/version to stdout (exit 0) and usage errors to stderr (exit 2).
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    let result = match cli.command {
+        Command::Trace(args) => TraceConfig::try_from(args).and_then(|cfg| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(Error::from)?
+                .block_on(leaktrace::trace::run(cfg))
+        }),
+    };
+    if let Err(e) = result {
+        eprintln!("leaktrace: {e}");
+        std::process::exit(e.exit_code());
+    }
+}

@@ -1,0 +1,260 @@
+//! Loading the eBPF object and attaching its programs: the only module that speaks aya's program
+//! and map API, so that an aya upgrade changes one file. Owns the attach order (releasing probes
+//! before allocating ones) and the scoping of uprobes to the traced processes.
+use std::{num::NonZeroU32, os::fd::AsRawFd};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    programs::{TracePoint, UProbe, uprobe::{UProbeAttachLocation, UProbeScope}},
+};
+use leaktrace_common::{counter, names};
+
+use crate::{
+    allocator::{AllocFn, AllocatorLib, ProbePoint},
+    error::{Error, Result},
+};
+
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leaktrace"));
+
+/// Sizes of the kernel-side maps (every cap is an option).
+#[derive(Debug, Clone, Copy)]
+pub struct MapSizes {
+    pub ring_bytes: u32,
+    pub stack_entries: u32,
+}
+
+/// Summed per-CPU counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub lost: u64,
+    pub stack_errors: u64,
+    pub missed_returns: u64,
+    pub pending_full: u64,
+    pub hits: u64,
+}
+
+pub struct Probes {
+    bpf: Ebpf,
+    stacks: StackTraceMap<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    targets: HashMap<MapData, u32, u32>,
+    ring: Option<RingBuf<MapData>>,
+    attached: usize,
+}
+
+fn bpf_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Bpf(format!("{what}: {e}"))
+}
+
+impl Probes {
+    pub fn load(sizes: MapSizes) -> Result<Self> {
+        let wakeup = u64::from(sizes.ring_bytes / 4);
+        let mut bpf = EbpfLoader::new()
+            .map_max_entries(names::EVENTS, sizes.ring_bytes)
+            .map_max_entries(names::STACKS, sizes.stack_entries)
+            .override_global(names::WAKEUP_BYTES, &wakeup, true)
+            .load(EBPF_OBJECT)
+            .map_err(|e| bpf_err("loading the eBPF object", e))?;
+        let take = |bpf: &mut Ebpf, name: &str| {
+            bpf.take_map(name)
+                .ok_or_else(|| Error::Bpf(format!("map {name} missing from the eBPF object")))
+        };
+        let ring = RingBuf::try_from(take(&mut bpf, names::EVENTS)?)
+            .map_err(|e| bpf_err("ring buffer", e))?;
+        let stacks = StackTraceMap::try_from(take(&mut bpf, names::STACKS)?)
+            .map_err(|e| bpf_err("stack map", e))?;
+        let counters = PerCpuArray::try_from(take(&mut bpf, names::COUNTERS)?)
+            .map_err(|e| bpf_err("counters", e))?;
+        let targets = HashMap::try_from(take(&mut bpf, names::TARGETS)?)
+            .map_err(|e| bpf_err("targets", e))?;
+        let mut p = Probes {
+            bpf,
+            stacks,
+            counters,
+            targets,
+            ring: Some(ring),
+            attached: 0,
+        };
+        for name in UPROBES.iter().chain(URETPROBES) {
+            p.uprobe(name)?.load().map_err(|e| bpf_err(name, e))?;
+        }
+        for (name, _, _) in TRACEPOINTS {
+            p.tracepoint(name)?.load().map_err(|e| bpf_err(name, e))?;
+        }
+        Ok(p)
+    }
+
+    /// The ring buffer, to be polled by the caller (taken once).
+    pub fn take_ring(&mut self) -> Option<RingBuf<MapData>> {
+        self.ring.take()
+    }
+
+    pub fn attached(&self) -> usize {
+        self.attached
+    }
+
+    /// Lets the programs report events of `pid`.
+    pub fn add_target(&mut self, pid: u32) -> Result<()> {
+        self.targets
+            .insert(pid, 1, 0)
+            .map_err(|e| bpf_err(&format!("adding pid {pid} to the target map"), e))
+    }
+
+    /// Attaches the syscall and exit tracepoints, releasing ones first: an mmap seen before its
+    /// munmap probe was live could otherwise be reported as a leak.
+    pub fn attach_tracepoints(&mut self) -> Result<()> {
+        for (prog, category, event) in TRACEPOINTS {
+            self.tracepoint(prog)?
+                .attach(category, event)
+                .map_err(|e| Error::Attach {
+                    program: prog.to_string(),
+                    target: format!("tracepoint {category}/{event}"),
+                    reason: e.to_string(),
+                })?;
+            self.attached += 1;
+        }
+        Ok(())
+    }
+
+    /// Attaches the allocator probes of `lib` for `pid` only. `free` and `realloc` go first so
+    /// that a block allocated before attach and released after it is never seen half-way (bcc's
+    /// memleak reported such blocks as leaks).
+    pub fn attach_allocator(&mut self, lib: &AllocatorLib, pid: u32) -> Result<usize> {
+        let pid_nz = NonZeroU32::new(pid).ok_or_else(|| Error::Usage("pid 0".into()))?;
+        let mut points: Vec<&ProbePoint> = lib.points.iter().collect();
+        points.sort_by_key(|p| attach_rank(p.funcs.first().copied()));
+        let mut n = 0;
+        for point in points {
+            let Some(&func) = point.funcs.first() else { continue };
+            let entry = entry_program(func);
+            self.attach_uprobe(entry, point, lib, pid_nz)?;
+            n += 1;
+            if func != AllocFn::Free {
+                self.attach_uprobe("alloc_return", point, lib, pid_nz)?;
+                n += 1;
+            }
+        }
+        self.attached += n;
+        Ok(n)
+    }
+
+    fn attach_uprobe(
+        &mut self,
+        prog: &str,
+        point: &ProbePoint,
+        lib: &AllocatorLib,
+        pid: NonZeroU32,
+    ) -> Result<()> {
+        let target = lib.open_path.clone();
+        self.uprobe(prog)?
+            .attach(
+                UProbeAttachLocation::AbsoluteOffset(point.probe_offset),
+                &target,
+                UProbeScope::OneProcess(pid),
+            )
+            .map_err(|e| Error::Attach {
+                program: prog.to_string(),
+                target: format!("{}+{:#x} (pid {pid})", lib.path.display(), point.probe_offset),
+                reason: error_chain(&e),
+            })?;
+        Ok(())
+    }
+
+    fn uprobe(&mut self, name: &str) -> Result<&mut UProbe> {
+        self.bpf
+            .program_mut(name)
+            .ok_or_else(|| Error::Bpf(format!("program {name} missing")))?
+            .try_into()
+            .map_err(|e| bpf_err(name, e))
+    }
+
+    fn tracepoint(&mut self, name: &str) -> Result<&mut TracePoint> {
+        self.bpf
+            .program_mut(name)
+            .ok_or_else(|| Error::Bpf(format!("program {name} missing")))?
+            .try_into()
+            .map_err(|e| bpf_err(name, e))
+    }
+
+    /// The user stack (instruction pointers, innermost first) recorded under `id`.
+    pub fn stack(&self, id: u32) -> Option<Vec<u64>> {
+        let st = self.stacks.get(&id, 0).ok()?;
+        Some(st.frames().iter().map(|f| f.ip).collect())
+    }
+
+    pub fn counters(&self) -> Counters {
+        let sum = |slot: u32| -> u64 {
+            self.counters
+                .get(&slot, 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0)
+        };
+        Counters {
+            lost: sum(counter::LOST),
+            stack_errors: sum(counter::STACK_ERRORS),
+            missed_returns: sum(counter::MISSED_RETURNS),
+            pending_full: sum(counter::PENDING_FULL),
+            hits: sum(counter::HITS),
+        }
+    }
+
+    pub fn ring_fd(&self) -> Option<i32> {
+        self.ring.as_ref().map(|r| r.as_raw_fd())
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+const UPROBES: &[&str] = &[
+    "malloc_enter",
+    "calloc_enter",
+    "realloc_enter",
+    "reallocarray_enter",
+    "posix_memalign_enter",
+    "memalign_enter",
+    "valloc_enter",
+    "free_enter_probe",
+];
+const URETPROBES: &[&str] = &["alloc_return"];
+
+/// (program, category, event), in attach order: releasing before allocating, exit last.
+const TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("munmap_enter", "syscalls", "sys_enter_munmap"),
+    ("munmap_exit", "syscalls", "sys_exit_munmap"),
+    ("mremap_enter", "syscalls", "sys_enter_mremap"),
+    ("mremap_exit", "syscalls", "sys_exit_mremap"),
+    ("mmap_enter", "syscalls", "sys_enter_mmap"),
+    ("mmap_exit", "syscalls", "sys_exit_mmap"),
+    ("process_exit", "sched", "sched_process_exit"),
+];
+
+fn entry_program(f: AllocFn) -> &'static str {
+    match f {
+        AllocFn::Malloc => "malloc_enter",
+        AllocFn::Calloc => "calloc_enter",
+        AllocFn::Realloc => "realloc_enter",
+        AllocFn::Reallocarray => "reallocarray_enter",
+        AllocFn::PosixMemalign => "posix_memalign_enter",
+        AllocFn::AlignedAlloc | AllocFn::Memalign => "memalign_enter",
+        AllocFn::Valloc | AllocFn::Pvalloc => "valloc_enter",
+        AllocFn::Free => "free_enter_probe",
+    }
+}
+
+fn attach_rank(f: Option<AllocFn>) -> u8 {
+    match f {
+        Some(AllocFn::Free) => 0,
+        Some(AllocFn::Realloc) | Some(AllocFn::Reallocarray) => 1,
+        _ => 2,
+    }
+}

@@ -1,0 +1,406 @@
+//! `leaktrace trace`: validate targets, load and attach the probes, then run the event loop that
+//! drains the ring buffer into the aggregator and prints reports (on an interval, and a final one
+//! on Ctrl-C, SIGTERM, --duration or when every target has exited).
+use std::{
+    collections::HashMap,
+    io::{IsTerminal, Write},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    time::{MissedTickBehavior, interval, sleep_until},
+};
+
+use crate::{
+    aggregate::{Aggregator, Pid},
+    allocator::{self, AllocatorLib},
+    config::{Format, Target, TraceConfig},
+    error::{Error, Result},
+    intake,
+    probes::{Counters, MapSizes, Probes},
+    report::{self, Report},
+    symbolize::Symbolizer,
+    target,
+};
+
+/// How often the ring is drained when no wakeup came (the probes wake userspace only when a
+/// quarter of the ring is full).
+const DRAIN_EVERY: Duration = Duration::from_millis(10);
+
+/// A launched command, held before `exec` until the probes are armed.
+struct Held {
+    pid: u32,
+    release: std::fs::File,
+}
+
+impl Held {
+    /// Whether the child has exited (and is now reaped).
+    fn exited(pid: u32) -> bool {
+        let mut status = 0;
+        // SAFETY: plain waitpid on our own child.
+        let r = unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) };
+        r == pid as i32 || r < 0
+    }
+}
+
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC is what bpf_ktime_get_ns reads.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub async fn run(cfg: TraceConfig) -> Result<()> {
+    target::check_environment()?;
+    let mut out = open_output(&cfg)?;
+
+    // Targets and their allocators, all checked before anything is loaded.
+    let mut comms = HashMap::new();
+    let mut plan: Vec<(u32, Vec<AllocatorLib>)> = Vec::new();
+    let mut held = None;
+    match &cfg.target {
+        Target::Pids(pids) => {
+            for &pid in pids {
+                let p = target::check_pid(pid)?;
+                let libs = allocator::find_allocators(pid)?;
+                if libs.is_empty() {
+                    return Err(Error::NoAllocator { pid, comm: p.comm });
+                }
+                comms.insert(pid, p.comm);
+                plan.push((pid, libs));
+            }
+        }
+        Target::Launch(cmd) => {
+            let (h, libs, comm) = launch(cmd)?;
+            let pid = h.pid;
+            comms.insert(pid, comm);
+            plan.push((pid, libs));
+            held = Some(h);
+        }
+    }
+
+    let mut probes = Probes::load(MapSizes {
+        ring_bytes: cfg.ring_size,
+        stack_entries: cfg.stack_map_entries,
+    })?;
+    let mut agg = Aggregator::new(cfg.min_age);
+    let mut sym = Symbolizer::new();
+    for (pid, _) in &plan {
+        probes.add_target(*pid)?;
+        agg.track(Pid(*pid));
+    }
+    probes.attach_tracepoints()?;
+    for (pid, libs) in &plan {
+        let mut n = 0;
+        for lib in libs {
+            n += probes.attach_allocator(lib, *pid)?;
+            for p in lib.points.iter().filter(|p| !p.emulated) {
+                let names: Vec<_> = p.funcs.iter().map(|f| f.symbol()).collect();
+                eprintln!(
+                    "leaktrace: warning: {} in {} is probed at offset {:#x} (`{}`), which the kernel \
+                     single-steps (~10 µs per call instead of ~1 µs)",
+                    names.join("/"),
+                    lib.path.display(),
+                    p.probe_offset - p.symbol_offset,
+                    p.instruction
+                );
+            }
+        }
+        if held.is_none() {
+            sym.track(*pid);
+        }
+        let libs: Vec<_> = libs.iter().map(|l| l.path.display().to_string()).collect();
+        eprintln!(
+            "leaktrace: tracing pid {pid} ({}): {n} probes on {}",
+            comms.get(pid).map(String::as_str).unwrap_or("?"),
+            libs.join(", ")
+        );
+    }
+
+    let ring = probes.take_ring().ok_or_else(|| Error::Bpf("no ring".into()))?;
+    // SAFETY: the ring buffer owns its descriptor and lives inside the AsyncFd until both drop.
+    let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| Error::Io(e.into()))?;
+    let mut child = None;
+    if let Some(h) = held {
+        let Held { pid, release } = h;
+        drop(release); // EOF on the pipe lets the child exec.
+        child = Some(pid);
+        // Its maps are the command's only after exec; refreshed on its first stacks too.
+        sym.track(pid);
+    }
+
+    let start = Instant::now();
+    let mut state = Loop {
+        agg,
+        sym,
+        probes,
+        comms,
+        stacks: HashMap::new(),
+        malformed: 0,
+        cfg: &cfg,
+        start,
+        status: std::io::stderr().is_terminal(),
+        last_events: 0,
+    };
+
+    let mut drain_tick = interval(DRAIN_EVERY);
+    drain_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut status_tick = interval(Duration::from_secs(1));
+    let mut report_tick = interval(cfg.interval.unwrap_or(Duration::from_secs(3600 * 24 * 365)));
+    report_tick.tick().await;
+    let deadline = cfg
+        .duration
+        .map(|d| tokio::time::Instant::now() + d)
+        .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600 * 24 * 365 * 10));
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                state.drain(guard.get_inner_mut());
+                guard.clear_ready();
+            }
+            _ = drain_tick.tick() => {
+                state.drain(ring.get_mut());
+                if let Some(pid) = child.filter(|p| Held::exited(*p)) {
+                    // Its exit event is in the ring before the parent can reap it.
+                    state.drain(ring.get_mut());
+                    state.agg.exit(Pid(pid), now_ns());
+                    child = None;
+                }
+            }
+            _ = status_tick.tick() => {
+                state.reap_vanished();
+                state.status_line();
+            }
+            _ = report_tick.tick() => {
+                state.drain(ring.get_mut());
+                let r = state.report(false);
+                if !state.emit(&r, &mut out)? { return Ok(()); }
+            }
+            _ = sleep_until(deadline) => break,
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+        if state.agg.tracked().next().is_none() {
+            break;
+        }
+    }
+    state.drain(ring.get_mut());
+    if let Some(pid) = child {
+        // Leaving before the command ended (--duration, a signal): it is not left running
+        // unwatched, as `perf record -- cmd` does not either.
+        // SAFETY: signalling and reaping our own child.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGTERM);
+            libc::waitpid(pid as i32, std::ptr::null_mut(), 0);
+        }
+    }
+    let r = state.report(true);
+    state.emit(&r, &mut out)?;
+    Ok(())
+}
+
+struct Loop<'a> {
+    agg: Aggregator,
+    sym: Symbolizer,
+    probes: Probes,
+    comms: HashMap<u32, String>,
+    stacks: HashMap<i32, Vec<u64>>,
+    malformed: u64,
+    cfg: &'a TraceConfig,
+    start: Instant,
+    status: bool,
+    last_events: u64,
+}
+
+impl Loop<'_> {
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        while let Some(item) = ring.next() {
+            let ev = match intake::decode(&item) {
+                Ok(ev) => ev,
+                Err(_) => {
+                    self.malformed += 1;
+                    continue;
+                }
+            };
+            if ev.stack_id >= 0 && !self.stacks.contains_key(&ev.stack_id) {
+                // Read a new stack at once, while its process is alive to refresh its maps.
+                if let Some(frames) = self.probes.stack(ev.stack_id as u32) {
+                    self.sym.note_addresses(ev.pid, &frames);
+                    self.stacks.insert(ev.stack_id, frames);
+                }
+            }
+            self.agg.apply(&ev);
+        }
+    }
+
+    /// A process whose exit event was lost is still noticed: /proc says it is gone.
+    fn reap_vanished(&mut self) {
+        let gone: Vec<Pid> = self
+            .agg
+            .tracked()
+            .filter(|p| !Path::new(&format!("/proc/{}", p.0)).exists())
+            .collect();
+        for p in gone {
+            self.agg.exit(p, now_ns());
+        }
+    }
+
+    fn counters(&self) -> Counters {
+        self.probes.counters()
+    }
+
+    fn status_line(&mut self) {
+        if !self.status {
+            return;
+        }
+        let c = self.counters();
+        let (count, bytes) = self.agg.total_outstanding();
+        let rate = self.agg.events - self.last_events;
+        self.last_events = self.agg.events;
+        eprint!(
+            "\r\x1b[Kleaktrace: {rate} events/s, {count} outstanding ({}), lost {}",
+            report::human_bytes(bytes),
+            c.lost
+        );
+    }
+
+    fn report(&mut self, is_final: bool) -> Report {
+        let ctx = report::Context {
+            stacks: &self.stacks,
+            comms: &self.comms,
+            counters: self.counters(),
+            malformed: self.malformed,
+            elapsed: self.start.elapsed(),
+            min_age: self.cfg.min_age,
+            top: self.cfg.top,
+            is_final,
+        };
+        report::build(&mut self.agg, &mut self.sym, &ctx, now_ns())
+    }
+
+    /// Writes a report; false when the reader went away (`| head`), which ends quietly.
+    fn emit(&mut self, r: &Report, out: &mut Box<dyn Write>) -> Result<bool> {
+        if self.status {
+            eprint!("\r\x1b[K");
+        }
+        let res = match self.cfg.format {
+            Format::Text => report::text::render(r, out),
+            Format::Json => report::json::render(r, out),
+        }
+        .and_then(|_| out.flush());
+        match res {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+            Err(e) => Err(Error::Output {
+                path: self
+                    .cfg
+                    .output
+                    .clone()
+                    .unwrap_or_else(|| "standard output".into()),
+                source: e,
+            }),
+        }
+    }
+}
+
+fn open_output(cfg: &TraceConfig) -> Result<Box<dyn Write>> {
+    Ok(match &cfg.output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).map_err(|source| Error::Output {
+                path: path.clone(),
+                source,
+            })?,
+        )),
+        None => Box::new(std::io::stdout()),
+    })
+}
+
+/// Starts `cmd` stopped before exec (blocked reading a pipe), so that the probes are armed before
+/// its first allocation. The allocator libraries are the ones the command will map: the
+/// executable itself when it defines malloc, and the C library this system's loader provides
+/// (the one leaktrace maps too).
+///
+/// A raw fork rather than `Command`: `Command::spawn` waits for the exec to happen, which here
+/// waits for us. The child only calls `read`, `execv` and `_exit` on data prepared before the
+/// fork, so it allocates nothing that the probes could mistake for the command's.
+fn launch(cmd: &[String]) -> Result<(Held, Vec<AllocatorLib>, String)> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+
+    let program = &cmd[0];
+    let spawn_err = |source| Error::Spawn {
+        command: program.clone(),
+        source,
+    };
+    let resolved = which::which(program).map_err(|e| {
+        spawn_err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{e} (give a path or a command on PATH)"),
+        ))
+    })?;
+    let mut libs: Vec<AllocatorLib> = Vec::new();
+    if let Some(lib) = allocator::inspect_elf(&resolved, &resolved)? {
+        libs.push(lib);
+    }
+    for lib in allocator::find_allocators(std::process::id())? {
+        if !libs.iter().any(|l| l.path == lib.path) {
+            libs.push(lib);
+        }
+    }
+    let comm: String = resolved
+        .file_name()
+        .map(|n| n.to_string_lossy().chars().take(15).collect())
+        .unwrap_or_default();
+    let nul = |_| spawn_err(std::io::Error::other("argument contains a NUL byte"));
+    let c_prog = CString::new(resolved.as_os_str().as_bytes()).map_err(nul)?;
+    let c_args = cmd
+        .iter()
+        .map(|a| CString::new(a.as_bytes()).map_err(nul))
+        .collect::<Result<Vec<_>>>()?;
+    let mut argv: Vec<*const libc::c_char> = c_args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+
+    let mut fds = [0i32; 2];
+    // SAFETY: fds is a valid 2-int array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(spawn_err(std::io::Error::last_os_error()));
+    }
+    let (rd, wr) = (fds[0], fds[1]);
+    // SAFETY: the child runs only async-signal-safe calls on memory prepared above.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(spawn_err(std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        unsafe {
+            libc::close(wr);
+            let mut b = 0u8;
+            // Returns on EOF, when leaktrace closes its end after attaching (or dies).
+            while libc::read(rd, (&mut b as *mut u8).cast(), 1) < 0 {}
+            libc::execv(c_prog.as_ptr(), argv.as_ptr());
+            libc::_exit(127);
+        }
+    }
+    // SAFETY: rd is our copy of the read end; wr is an open descriptor we own from here on.
+    unsafe { libc::close(rd) };
+    let release = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(wr) };
+    let held = Held {
+        pid: pid as u32,
+        release,
+    };
+    if libs.is_empty() {
+        return Err(Error::NoAllocator { pid: held.pid, comm });
+    }
+    Ok((held, libs, comm))
+}
