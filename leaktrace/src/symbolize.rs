@@ -230,8 +230,12 @@ mod tests {
         let frames = s.symbolize(pid, addr);
         let f = frames.last().unwrap();
         assert_eq!(f.function.as_deref(), Some("leaktrace_symbolize_probe"));
-        assert!(f.file.as_deref().unwrap_or("").ends_with("symbolize.rs"), "{f:?}");
-        assert!(f.line.is_some());
+        // Release test builds carry no DWARF; the integration tests check file and line on a
+        // fixture built with -g.
+        if cfg!(debug_assertions) {
+            assert!(f.file.as_deref().unwrap_or("").ends_with("symbolize.rs"), "{f:?}");
+            assert!(f.line.is_some());
+        }
     }
 
     #[test]

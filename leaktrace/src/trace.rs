@@ -17,7 +17,7 @@ use tokio::{
 
 use crate::{
     aggregate::{Aggregator, Pid},
-    allocator::{self, AllocatorLib},
+    allocator::{self, AllocFn, AllocatorLib},
     config::{Format, Target, TraceConfig},
     error::{Error, Result},
     intake,
@@ -101,7 +101,16 @@ pub async fn run(cfg: TraceConfig) -> Result<()> {
         let mut n = 0;
         for lib in libs {
             n += probes.attach_allocator(lib, *pid)?;
-            for p in lib.points.iter().filter(|p| !p.emulated) {
+            // Only the hot entry points are worth a warning; reallocarray & co. are rare.
+            let hot = |p: &&allocator::ProbePoint| {
+                p.funcs.iter().any(|f| {
+                    matches!(
+                        f,
+                        AllocFn::Free | AllocFn::Malloc | AllocFn::Calloc | AllocFn::Realloc
+                    )
+                })
+            };
+            for p in lib.points.iter().filter(|p| !p.emulated).filter(hot) {
                 let names: Vec<_> = p.funcs.iter().map(|f| f.symbol()).collect();
                 eprintln!(
                     "leaktrace: warning: {} in {} is probed at offset {:#x} (`{}`), which the kernel \
