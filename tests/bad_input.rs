@@ -66,6 +66,7 @@ fn not_root() {
 fn kernel_without_btf_or_uprobes() {
     require_kernel!();
     let fake = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fake-sys");
+    let _ = std::fs::remove_dir_all(&fake);
     std::fs::create_dir_all(&fake).unwrap();
     let out = run(leaktrace().env("LEAKTRACE_SYSFS", &fake).args(["trace", "-p", "1"]));
     assert_usage_error(&out, &["lacks BTF", "vmlinux"]);
@@ -164,4 +165,11 @@ fn closed_stdout_exits_quietly() {
     let rest = err.rest().join("\n");
     assert_eq!(st.code(), Some(0), "stderr: {rest}");
     assert!(!rest.contains("panicked") && !rest.contains("Broken pipe"), "{rest}");
+}
+
+#[test]
+fn unwritable_output() {
+    require_kernel!();
+    let out = run(leaktrace().args(["trace", "-o", "/nonexistent-dir/report.json", "-p", "1"]));
+    assert_usage_error(&out, &["cannot write /nonexistent-dir/report.json"]);
 }

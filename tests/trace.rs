@@ -150,3 +150,77 @@ fn min_age_hides_young_blocks() {
     // Outstanding still counts them: young is not freed.
     assert!(p["outstanding_bytes"].as_u64().unwrap() >= 2 * 262144);
 }
+
+/// Starts `leaky wait` and returns it with its stdout lines, after its "ready" line.
+fn start_waiting_fixture() -> (std::process::Child, Lines) {
+    let leaky = common::fixture("leaky", &[]);
+    let mut fx = std::process::Command::new(&leaky)
+        .arg("wait")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Lines::new(fx.stdout.take().unwrap());
+    lines.wait_for("ready pid=");
+    (fx, lines)
+}
+
+#[test]
+fn two_pids_at_once_with_interval_reports_and_sigterm() {
+    require_kernel!();
+    let (mut a, a_out) = start_waiting_fixture();
+    let (mut b, b_out) = start_waiting_fixture();
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("two.json");
+    let mut lt = leaktrace()
+        .args(["trace", "-p", &a.id().to_string(), "-p", &b.id().to_string()])
+        .args(["--min-age", "0s", "--top", "1000", "--interval", "100ms"])
+        .args(["--format", "json", "-o"])
+        .arg(&out)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lt_err = Lines::new(lt.stderr.take().unwrap());
+    lt_err.wait_for(&format!("tracing pid {}", a.id()));
+    lt_err.wait_for(&format!("tracing pid {}", b.id()));
+    let mut a_in = a.stdin.take().unwrap();
+    let mut b_in = b.stdin.take().unwrap();
+    a_in.write_all(b"go\n").unwrap();
+    b_in.write_all(b"go\n").unwrap();
+    a_out.wait_for("done");
+    b_out.wait_for("done");
+    // Wait until an interval report written after both finished shows both leaking.
+    let deadline = std::time::Instant::now() + common::TIMEOUT;
+    loop {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        let seen = text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok());
+        if seen.into_iter().any(|r| {
+            r["report"] == "interval"
+                && r["processes"].as_array().is_some_and(|p| {
+                    p.len() == 2 && p.iter().all(|p| p["leaked_bytes"].as_u64() > Some(262144))
+                })
+        }) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no interval report: {text}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(lt.id() as i32, libc::SIGTERM) };
+    assert!(wait_with_timeout(&mut lt).success());
+    drop((a_in, b_in));
+    wait_with_timeout(&mut a);
+    wait_with_timeout(&mut b);
+
+    let report = last_report(&out);
+    assert_eq!(report["report"], "final");
+    let procs = report["processes"].as_array().unwrap();
+    assert_eq!(procs.len(), 2);
+    // Both processes use the same addresses; keyed by (pid, address) they do not collide.
+    for p in procs {
+        let one = serde_json::json!({ "processes": [p] });
+        let got = sites(&one, "/leaky");
+        for (site, count, bytes) in EXPECTED {
+            assert_eq!(got.get(*site), Some(&(2 * count, 2 * bytes)), "pid {}: {site}", p["pid"]);
+        }
+    }
+}

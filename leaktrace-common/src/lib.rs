@@ -53,8 +53,9 @@ pub struct Event {
     pub pid: u32,
     /// Kernel task id of the calling thread.
     pub tid: u32,
-    /// User stack id in the `STACKS` map; negative errno when the kernel could not record it.
-    pub stack_id: i32,
+    /// Number of user stack frames (u64 instruction pointers, innermost first) that follow this
+    /// header in the record; 0 for kinds without a stack or when the kernel could not take it.
+    pub frames: u32,
     /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
     pub ts_ns: u64,
     pub addr: u64,
@@ -65,6 +66,24 @@ pub struct Event {
 }
 
 pub const EVENT_SIZE: usize = 64;
+
+/// Frames of the record most stacks fit in. A stack that fills it is taken again into a
+/// [`MAX_FRAMES`] record, so deep stacks cost a second walk and short ones little ring space.
+pub const SMALL_FRAMES: usize = 32;
+/// The kernel's default `perf_event_max_stack`.
+pub const MAX_FRAMES: usize = 127;
+
+/// An event followed by its user stack. Frames are copied into the record rather than kept in a
+/// kernel stack map: a stack-map bucket collision loses the stack (or, with reuse, silently
+/// swaps it), while a copy is always exact; userspace deduplicates.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Record<const N: usize> {
+    pub event: Event,
+    pub frames: [u64; N],
+}
+const _: () = assert!(core::mem::size_of::<Record<SMALL_FRAMES>>() == EVENT_SIZE + 8 * SMALL_FRAMES);
+const _: () = assert!(core::mem::size_of::<Record<MAX_FRAMES>>() == EVENT_SIZE + 8 * MAX_FRAMES);
 const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);
 const _: () = assert!(core::mem::align_of::<Event>() == 8);
 
@@ -114,7 +133,7 @@ const _: () = assert!(core::mem::size_of::<SyscallArgs>() == 40);
 pub mod counter {
     /// A ring-buffer reserve failed: the event is lost.
     pub const LOST: u32 = 0;
-    /// `bpf_get_stackid` failed (collision in a full bucket, or no memory).
+    /// `bpf_get_stack` failed: the event carries no frames.
     pub const STACK_ERRORS: u32 = 1;
     /// A return probe found no pending entry (evicted from the LRU map).
     pub const MISSED_RETURNS: u32 = 2;
@@ -128,7 +147,6 @@ pub mod counter {
 /// Names of maps and programs, shared so that a rename breaks the build, not the attach.
 pub mod names {
     pub const EVENTS: &str = "EVENTS";
-    pub const STACKS: &str = "STACKS";
     pub const TARGETS: &str = "TARGETS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const PENDING: &str = "PENDING";

@@ -5,22 +5,21 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns,
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_stack, bpf_ktime_get_ns,
         bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
     },
     macros::{map, tracepoint, uprobe, uretprobe},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
-    programs::{ProbeContext, RetProbeContext, TracePointContext, tracing::StackIdContext},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use leaktrace_common::{
-    Event, EventKind, MAP_ANONYMOUS, Pending, SyscallArgs, call, counter, nr,
+    Event, EventKind, MAP_ANONYMOUS, MAX_FRAMES, Pending, Record, SMALL_FRAMES, SyscallArgs, call,
+    counter, nr,
 };
 
 /// Default sizes; userspace overrides every one of them at load time from its options.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
-#[map]
-static STACKS: StackTrace = StackTrace::with_max_entries(32768, 0);
 /// Traced thread-group ids. Uprobes are already scoped to the targets by the kernel; this also
 /// scopes the system-wide tracepoints, and guards uprobes in children that inherited the
 /// breakpoints across fork.
@@ -51,28 +50,65 @@ fn traced(tgid: u32) -> bool {
 }
 
 #[inline(always)]
-fn emit(ev: &Event) {
+fn wakeup_flags() -> u64 {
     let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
     let threshold = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
-    let flags = if pending >= threshold {
-        BPF_RB_FORCE_WAKEUP
+    if pending >= threshold {
+        BPF_RB_FORCE_WAKEUP as u64
     } else {
-        BPF_RB_NO_WAKEUP
-    };
-    if EVENTS.output::<Event>(ev, flags as u64).is_err() {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+/// An event without a stack.
+#[inline(always)]
+fn emit(ev: &Event) {
+    if EVENTS.output::<Event>(ev, wakeup_flags()).is_err() {
         bump(counter::LOST);
     }
 }
 
+/// Reserves a record of N frames and walks the user stack straight into it. Returns false, with
+/// nothing submitted, when `retry_if_full` and the stack filled the record (it may be deeper).
 #[inline(always)]
-fn user_stack<C: StackIdContext>(ctx: &C) -> i32 {
-    // No BPF_F_REUSE_STACKID: a reused id would silently point an old block at a new stack.
-    match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
-        Ok(id) => id as i32,
-        Err(e) => {
-            bump(counter::STACK_ERRORS);
-            e
-        }
+fn emit_with_stack_in<const N: usize, C: EbpfContext>(
+    ctx: &C,
+    ev: &Event,
+    retry_if_full: bool,
+) -> bool {
+    let Some(mut entry) = EVENTS.reserve::<Record<N>>(0) else {
+        bump(counter::LOST);
+        return true;
+    };
+    let rec = entry.as_mut_ptr();
+    let size = (N * 8) as u32;
+    let n = unsafe {
+        bpf_get_stack(
+            ctx.as_ptr(),
+            (*rec).frames.as_mut_ptr().cast(),
+            size,
+            BPF_F_USER_STACK as u64,
+        )
+    };
+    if retry_if_full && n >= size as i64 {
+        entry.discard(BPF_RB_NO_WAKEUP as u64);
+        return false;
+    }
+    let mut header = *ev;
+    if n < 0 {
+        bump(counter::STACK_ERRORS);
+    } else {
+        header.frames = (n as u32) / 8;
+    }
+    unsafe { (*rec).event = header };
+    entry.submit(wakeup_flags());
+    true
+}
+
+#[inline(always)]
+fn emit_with_stack<C: EbpfContext>(ctx: &C, ev: &Event) {
+    if !emit_with_stack_in::<SMALL_FRAMES, C>(ctx, ev, true) {
+        emit_with_stack_in::<MAX_FRAMES, C>(ctx, ev, false);
     }
 }
 
@@ -82,7 +118,6 @@ fn event(kind: EventKind, pid_tgid: u64) -> Event {
         kind: kind as u32,
         pid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
-        stack_id: -1,
         ts_ns: unsafe { bpf_ktime_get_ns() },
         ..Event::default()
     }
@@ -156,10 +191,12 @@ fn alloc_exit(ctx: &RetProbeContext) -> u32 {
     if ev.kind == EventKind::Alloc as u32 && (ev.addr == 0 || p.size == u64::MAX) {
         return 0;
     }
-    if ev.addr != 0 || ev.old_addr != 0 {
-        ev.stack_id = user_stack(ctx);
+    if ev.addr != 0 {
+        emit_with_stack(ctx, &ev);
+    } else {
+        // A failed realloc or realloc(p, 0): no new block, no stack needed.
+        emit(&ev);
     }
-    emit(&ev);
     0
 }
 
@@ -338,8 +375,7 @@ pub fn mmap_exit(ctx: TracePointContext) -> u32 {
     ev.addr = ret as u64;
     ev.size = args.len;
     ev.caller = args.caller;
-    ev.stack_id = user_stack(&ctx);
-    emit(&ev);
+    emit_with_stack(&ctx, &ev);
     0
 }
 

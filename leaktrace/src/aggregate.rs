@@ -131,7 +131,8 @@ impl Aggregator {
         })
     }
 
-    pub fn apply(&mut self, ev: &Event) {
+    /// Applies one event; `stack` is the interned stack of an allocation (ignored otherwise).
+    pub fn apply(&mut self, ev: &Event, stack: StackId) {
         self.events += 1;
         let pid = Pid(ev.pid);
         let Some(kind) = EventKind::from_u32(ev.kind) else {
@@ -145,7 +146,6 @@ impl Aggregator {
             self.foreign_events += 1;
             return;
         };
-        let stack = StackId(ev.stack_id);
         match kind {
             EventKind::Alloc => p.alloc(ev.addr, ev.size, ev.ts_ns, stack),
             EventKind::Free => p.free(ev.addr),
@@ -343,12 +343,11 @@ mod tests {
     const P: u32 = 100;
     const S: u64 = 1_000_000_000;
 
-    fn ev(kind: EventKind, addr: u64, size: u64, old: u64, ts_s: u64, stack: i32) -> Event {
+    fn ev(kind: EventKind, addr: u64, size: u64, old: u64, ts_s: u64) -> Event {
         Event {
             kind: kind as u32,
             pid: P,
             tid: P,
-            stack_id: stack,
             ts_ns: ts_s * S,
             addr,
             size,
@@ -371,8 +370,8 @@ mod tests {
     #[test]
     fn malloc_free_pair_is_not_a_survivor() {
         let mut a = agg();
-        a.apply(&ev(EventKind::Alloc, 0x1000, 64, 0, 1, 7));
-        a.apply(&ev(EventKind::Free, 0x1000, 0, 0, 2, -1));
+        a.apply(&ev(EventKind::Alloc, 0x1000, 64, 0, 1), StackId(7));
+        a.apply(&ev(EventKind::Free, 0x1000, 0, 0, 2), StackId(-1));
         assert_eq!(totals(&a), (0, 0));
         assert!(a.survivors(Pid(P), 100 * S).is_empty());
     }
@@ -380,9 +379,9 @@ mod tests {
     #[test]
     fn survivors_group_by_stack_and_respect_min_age() {
         let mut a = agg();
-        a.apply(&ev(EventKind::Alloc, 0x1000, 100, 0, 1, 7));
-        a.apply(&ev(EventKind::Alloc, 0x2000, 100, 0, 3, 7));
-        a.apply(&ev(EventKind::Alloc, 0x3000, 50, 0, 9, 8)); // too young at t=10
+        a.apply(&ev(EventKind::Alloc, 0x1000, 100, 0, 1), StackId(7));
+        a.apply(&ev(EventKind::Alloc, 0x2000, 100, 0, 3), StackId(7));
+        a.apply(&ev(EventKind::Alloc, 0x3000, 50, 0, 9), StackId(8)); // too young at t=10
         let s = a.survivors(Pid(P), 10 * S);
         assert_eq!(s.len(), 1);
         assert_eq!((s[0].stack, s[0].count, s[0].bytes), (StackId(7), 2, 200));
@@ -393,8 +392,8 @@ mod tests {
     #[test]
     fn realloc_success_moves_the_block() {
         let mut a = agg();
-        a.apply(&ev(EventKind::Alloc, 0x1000, 100, 0, 1, 1));
-        a.apply(&ev(EventKind::Realloc, 0x5000, 200, 0x1000, 1, 2));
+        a.apply(&ev(EventKind::Alloc, 0x1000, 100, 0, 1), StackId(1));
+        a.apply(&ev(EventKind::Realloc, 0x5000, 200, 0x1000, 1), StackId(2));
         assert_eq!(totals(&a), (1, 200));
         let s = a.survivors(Pid(P), 10 * S);
         assert_eq!((s[0].stack, s[0].bytes), (StackId(2), 200));
@@ -403,25 +402,25 @@ mod tests {
     #[test]
     fn realloc_in_place_keeps_one_block() {
         let mut a = agg();
-        a.apply(&ev(EventKind::Alloc, 0x1000, 100, 0, 1, 1));
-        a.apply(&ev(EventKind::Realloc, 0x1000, 150, 0x1000, 1, 2));
+        a.apply(&ev(EventKind::Alloc, 0x1000, 100, 0, 1), StackId(1));
+        a.apply(&ev(EventKind::Realloc, 0x1000, 150, 0x1000, 1), StackId(2));
         assert_eq!(totals(&a), (1, 150));
     }
 
     #[test]
     fn failed_realloc_keeps_the_old_block() {
         let mut a = agg();
-        a.apply(&ev(EventKind::Alloc, 0x1000, 100, 0, 1, 1));
-        a.apply(&ev(EventKind::Realloc, 0, 1 << 40, 0x1000, 1, 2));
+        a.apply(&ev(EventKind::Alloc, 0x1000, 100, 0, 1), StackId(1));
+        a.apply(&ev(EventKind::Realloc, 0, 1 << 40, 0x1000, 1), StackId(2));
         assert_eq!(totals(&a), (1, 100));
     }
 
     #[test]
     fn realloc_null_is_malloc_and_realloc_zero_frees() {
         let mut a = agg();
-        a.apply(&ev(EventKind::Realloc, 0x1000, 10, 0, 1, 1));
+        a.apply(&ev(EventKind::Realloc, 0x1000, 10, 0, 1), StackId(1));
         assert_eq!(totals(&a), (1, 10));
-        a.apply(&ev(EventKind::Realloc, 0, 0, 0x1000, 1, 1));
+        a.apply(&ev(EventKind::Realloc, 0, 0, 0x1000, 1), StackId(1));
         assert_eq!(totals(&a), (0, 0));
     }
 
@@ -429,9 +428,9 @@ mod tests {
     fn null_returns_and_unknown_frees_are_ignored() {
         let mut a = agg();
         // calloc overflow returns NULL: not an allocation.
-        a.apply(&ev(EventKind::Alloc, 0, u64::MAX, 0, 1, 1));
-        a.apply(&ev(EventKind::Free, 0xdead, 0, 0, 1, -1));
-        a.apply(&ev(EventKind::Free, 0, 0, 0, 1, -1));
+        a.apply(&ev(EventKind::Alloc, 0, u64::MAX, 0, 1), StackId(1));
+        a.apply(&ev(EventKind::Free, 0xdead, 0, 0, 1), StackId(-1));
+        a.apply(&ev(EventKind::Free, 0, 0, 0, 1), StackId(-1));
         assert_eq!(totals(&a), (0, 0));
         assert_eq!(a.stats(Pid(P)).unwrap().unknown_frees, 1);
     }
@@ -440,54 +439,54 @@ mod tests {
     fn same_address_in_two_processes_does_not_collide() {
         let mut a = agg();
         a.track(Pid(200));
-        a.apply(&ev(EventKind::Alloc, 0x1000, 10, 0, 1, 1));
-        let mut other = ev(EventKind::Alloc, 0x1000, 20, 0, 1, 1);
+        a.apply(&ev(EventKind::Alloc, 0x1000, 10, 0, 1), StackId(1));
+        let mut other = ev(EventKind::Alloc, 0x1000, 20, 0, 1);
         other.pid = 200;
-        a.apply(&other);
-        let mut free_other = ev(EventKind::Free, 0x1000, 0, 0, 2, -1);
+        a.apply(&other, StackId(1));
+        let mut free_other = ev(EventKind::Free, 0x1000, 0, 0, 2);
         free_other.pid = 200;
-        a.apply(&free_other);
+        a.apply(&free_other, StackId(-1));
         assert_eq!(totals(&a), (1, 10));
     }
 
     #[test]
     fn exit_reports_once_then_forgets() {
         let mut a = agg();
-        a.apply(&ev(EventKind::Alloc, 0x1000, 10, 0, 1, 1));
-        a.apply(&ev(EventKind::Exit, 0, 0, 0, 20, -1));
+        a.apply(&ev(EventKind::Alloc, 0x1000, 10, 0, 1), StackId(1));
+        a.apply(&ev(EventKind::Exit, 0, 0, 0, 20), StackId(-1));
         assert!(!a.is_tracked(Pid(P)));
         let exited = a.take_exited();
         assert_eq!(exited.len(), 1);
         assert_eq!(exited[0].stacks[0].bytes, 10);
         assert!(a.take_exited().is_empty());
         // Later events of the dead pid are foreign, not a new process.
-        a.apply(&ev(EventKind::Alloc, 0x2000, 10, 0, 21, 1));
+        a.apply(&ev(EventKind::Alloc, 0x2000, 10, 0, 21), StackId(1));
         assert_eq!(a.foreign_events, 1);
     }
 
     #[test]
     fn partial_munmap_splits_and_mremap_moves() {
         let mut a = agg();
-        a.apply(&ev(EventKind::Mmap, 0x10000, 4 * PAGE, 0, 1, 3));
-        a.apply(&ev(EventKind::Munmap, 0x10000 + PAGE, PAGE, 0, 2, -1));
+        a.apply(&ev(EventKind::Mmap, 0x10000, 4 * PAGE, 0, 1), StackId(3));
+        a.apply(&ev(EventKind::Munmap, 0x10000 + PAGE, PAGE, 0, 2), StackId(-1));
         assert_eq!(totals(&a), (2, 3 * PAGE));
-        let mut m = ev(EventKind::Mremap, 0x90000, 8 * PAGE, 0x10000, 3, -1);
+        let mut m = ev(EventKind::Mremap, 0x90000, 8 * PAGE, 0x10000, 3);
         m.old_size = PAGE;
-        a.apply(&m);
+        a.apply(&m, StackId(-1));
         assert_eq!(totals(&a), (2, 10 * PAGE));
         let s = a.survivors(Pid(P), 100 * S);
         assert!(s.iter().all(|x| x.stack == StackId(3) && x.kind == BlockKind::Mmap));
         // Unmapping everything leaves nothing.
-        a.apply(&ev(EventKind::Munmap, 0x0, 0x100000, 0, 4, -1));
+        a.apply(&ev(EventKind::Munmap, 0x0, 0x100000, 0, 4), StackId(-1));
         assert_eq!(totals(&a), (0, 0));
     }
 
     #[test]
     fn mremap_of_untracked_mapping_is_ignored() {
         let mut a = agg();
-        let mut m = ev(EventKind::Mremap, 0x90000, 8 * PAGE, 0x10000, 3, -1);
+        let mut m = ev(EventKind::Mremap, 0x90000, 8 * PAGE, 0x10000, 3);
         m.old_size = PAGE;
-        a.apply(&m);
+        a.apply(&m, StackId(-1));
         assert_eq!(totals(&a), (0, 0));
     }
 }

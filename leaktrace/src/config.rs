@@ -58,9 +58,6 @@ pub struct TraceArgs {
     /// Ring buffer size in bytes (power of two, multiple of the page size).
     #[arg(long, default_value_t = 8 << 20, value_name = "BYTES")]
     pub ring_size: u32,
-    /// Entries of the kernel stack-trace map; a full map makes stacks fail (counted).
-    #[arg(long, default_value_t = 32768, value_name = "N")]
-    pub stack_map_entries: u32,
     /// Command to launch and trace from its first allocation.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -83,7 +80,6 @@ pub struct TraceConfig {
     pub format: Format,
     pub output: Option<PathBuf>,
     pub ring_size: u32,
-    pub stack_map_entries: u32,
 }
 
 impl TryFrom<TraceArgs> for TraceConfig {
@@ -125,9 +121,6 @@ impl TryFrom<TraceArgs> for TraceConfig {
                 "--ring-size {ring_size}: must be a power of two of at least 4096 (e.g. 8388608)"
             )));
         }
-        if a.stack_map_entries == 0 {
-            return Err(Error::Usage("--stack-map-entries: must be at least 1".into()));
-        }
         Ok(TraceConfig {
             target,
             min_age: parse_duration(&a.min_age)
@@ -138,7 +131,6 @@ impl TryFrom<TraceArgs> for TraceConfig {
             format: a.format,
             output: a.output,
             ring_size,
-            stack_map_entries: a.stack_map_entries,
         })
     }
 }

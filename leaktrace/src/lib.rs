@@ -7,6 +7,7 @@ pub mod intake;
 pub mod probes;
 pub mod prologue;
 pub mod report;
+pub mod stacks;
 pub mod symbolize;
 pub mod target;
 pub mod trace;

@@ -5,7 +5,7 @@ use std::{num::NonZeroU32, os::fd::AsRawFd};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{TracePoint, UProbe, uprobe::{UProbeAttachLocation, UProbeScope}},
 };
 use leaktrace_common::{counter, names};
@@ -21,7 +21,6 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 #[derive(Debug, Clone, Copy)]
 pub struct MapSizes {
     pub ring_bytes: u32,
-    pub stack_entries: u32,
 }
 
 /// Summed per-CPU counters.
@@ -36,7 +35,6 @@ pub struct Counters {
 
 pub struct Probes {
     bpf: Ebpf,
-    stacks: StackTraceMap<MapData>,
     counters: PerCpuArray<MapData, u64>,
     targets: HashMap<MapData, u32, u32>,
     ring: Option<RingBuf<MapData>>,
@@ -52,7 +50,6 @@ impl Probes {
         let wakeup = u64::from(sizes.ring_bytes / 4);
         let mut bpf = EbpfLoader::new()
             .map_max_entries(names::EVENTS, sizes.ring_bytes)
-            .map_max_entries(names::STACKS, sizes.stack_entries)
             .override_global(names::WAKEUP_BYTES, &wakeup, true)
             .load(EBPF_OBJECT)
             .map_err(|e| bpf_err("loading the eBPF object", e))?;
@@ -62,15 +59,12 @@ impl Probes {
         };
         let ring = RingBuf::try_from(take(&mut bpf, names::EVENTS)?)
             .map_err(|e| bpf_err("ring buffer", e))?;
-        let stacks = StackTraceMap::try_from(take(&mut bpf, names::STACKS)?)
-            .map_err(|e| bpf_err("stack map", e))?;
         let counters = PerCpuArray::try_from(take(&mut bpf, names::COUNTERS)?)
             .map_err(|e| bpf_err("counters", e))?;
         let targets = HashMap::try_from(take(&mut bpf, names::TARGETS)?)
             .map_err(|e| bpf_err("targets", e))?;
         let mut p = Probes {
             bpf,
-            stacks,
             counters,
             targets,
             ring: Some(ring),
@@ -175,12 +169,6 @@ impl Probes {
             .ok_or_else(|| Error::Bpf(format!("program {name} missing")))?
             .try_into()
             .map_err(|e| bpf_err(name, e))
-    }
-
-    /// The user stack (instruction pointers, innermost first) recorded under `id`.
-    pub fn stack(&self, id: u32) -> Option<Vec<u64>> {
-        let st = self.stacks.get(&id, 0).ok()?;
-        Some(st.frames().iter().map(|f| f.ip).collect())
     }
 
     pub fn counters(&self) -> Counters {

@@ -9,6 +9,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
+use leaktrace_common::MAX_FRAMES;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -23,6 +24,7 @@ use crate::{
     intake,
     probes::{Counters, MapSizes, Probes},
     report::{self, Report},
+    stacks::StackTable,
     symbolize::Symbolizer,
     target,
 };
@@ -58,6 +60,10 @@ pub fn now_ns() -> u64 {
 }
 
 pub async fn run(cfg: TraceConfig) -> Result<()> {
+    // First, so that a signal sent once we announce the attach ends the trace with a report
+    // instead of killing it.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
     target::check_environment()?;
     let mut out = open_output(&cfg)?;
 
@@ -88,7 +94,6 @@ pub async fn run(cfg: TraceConfig) -> Result<()> {
 
     let mut probes = Probes::load(MapSizes {
         ring_bytes: cfg.ring_size,
-        stack_entries: cfg.stack_map_entries,
     })?;
     let mut agg = Aggregator::new(cfg.min_age);
     let mut sym = Symbolizer::new();
@@ -151,7 +156,8 @@ pub async fn run(cfg: TraceConfig) -> Result<()> {
         sym,
         probes,
         comms,
-        stacks: HashMap::new(),
+        stacks: StackTable::default(),
+        frames: [0; MAX_FRAMES],
         malformed: 0,
         cfg: &cfg,
         start,
@@ -168,8 +174,6 @@ pub async fn run(cfg: TraceConfig) -> Result<()> {
         .duration
         .map(|d| tokio::time::Instant::now() + d)
         .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600 * 24 * 365 * 10));
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
 
     loop {
         tokio::select! {
@@ -224,7 +228,9 @@ struct Loop<'a> {
     sym: Symbolizer,
     probes: Probes,
     comms: HashMap<u32, String>,
-    stacks: HashMap<i32, Vec<u64>>,
+    stacks: StackTable,
+    /// Decode buffer for one record's frames.
+    frames: [u64; MAX_FRAMES],
     malformed: u64,
     cfg: &'a TraceConfig,
     start: Instant,
@@ -235,21 +241,21 @@ struct Loop<'a> {
 impl Loop<'_> {
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
         while let Some(item) = ring.next() {
-            let ev = match intake::decode(&item) {
-                Ok(ev) => ev,
+            let (ev, n) = match intake::decode(&item, &mut self.frames) {
+                Ok(d) => d,
                 Err(_) => {
                     self.malformed += 1;
                     continue;
                 }
             };
-            if ev.stack_id >= 0 && !self.stacks.contains_key(&ev.stack_id) {
-                // Read a new stack at once, while its process is alive to refresh its maps.
-                if let Some(frames) = self.probes.stack(ev.stack_id as u32) {
-                    self.sym.note_addresses(ev.pid, &frames);
-                    self.stacks.insert(ev.stack_id, frames);
-                }
+            let frames = &self.frames[..n];
+            let (stack, new) = self.stacks.intern(frames);
+            if new {
+                // A new stack may lie in a library loaded since attach: refresh the process's
+                // mappings now, while it is alive.
+                self.sym.note_addresses(ev.pid, frames);
             }
-            self.agg.apply(&ev);
+            self.agg.apply(&ev, stack);
         }
     }
 

@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::{
     aggregate::{Aggregator, BlockKind, Pid, ProcStats, StackSummary},
     probes::Counters,
+    stacks::StackTable,
     symbolize::Symbolizer,
 };
 
@@ -32,7 +33,8 @@ pub struct StackReport {
     pub bytes: u64,
     pub count: u64,
     pub oldest_age_ms: u64,
-    /// Null when the kernel could not record the stack (counted in `stack_errors`).
+    /// leaktrace's id for this stack within one run; null when the kernel could not take the
+    /// stack (counted in `stack_errors`).
     pub stack_id: Option<u32>,
     pub frames: Vec<Frame>,
 }
@@ -73,7 +75,7 @@ pub struct Report {
 
 /// Inputs needed to build a report besides the aggregator.
 pub struct Context<'a> {
-    pub stacks: &'a HashMap<i32, Vec<u64>>,
+    pub stacks: &'a StackTable,
     pub comms: &'a HashMap<u32, String>,
     pub counters: Counters,
     pub malformed: u64,
@@ -143,11 +145,7 @@ fn process_report(
 }
 
 fn stack_report(pid: u32, s: &StackSummary, sym: &mut Symbolizer, ctx: &Context<'_>) -> StackReport {
-    let mut addrs: Vec<u64> = if s.stack.is_valid() {
-        ctx.stacks.get(&s.stack.0).cloned().unwrap_or_default()
-    } else {
-        Vec::new()
-    };
+    let mut addrs: Vec<u64> = ctx.stacks.get(s.stack).map(<[u64]>::to_vec).unwrap_or_default();
     // The frame-pointer walk from inside libc's mmap wrapper skips the wrapper's caller; the
     // word at the stack pointer is that caller when it follows a call instruction.
     if s.kind == BlockKind::Mmap
