@@ -26,6 +26,12 @@ pub enum EventKind {
     Mremap = 6,
     /// The thread-group leader of `pid` exited.
     Exit = 7,
+    /// The OOM killer marked a victim (`oom/mark_victim`). The record carries the tracepoint's
+    /// raw bytes ([`OOM_RAW`]); userspace decodes them with the field offsets of the
+    /// tracepoint's format file, so no kernel version's layout is compiled in.
+    OomVictim = 8,
+    /// `pid` exec'd; the record carries its new comm ([`COMM_LEN`] bytes).
+    Exec = 9,
 }
 
 impl EventKind {
@@ -38,6 +44,8 @@ impl EventKind {
             5 => Self::Munmap,
             6 => Self::Mremap,
             7 => Self::Exit,
+            8 => Self::OomVictim,
+            9 => Self::Exec,
             _ => return None,
         })
     }
@@ -86,6 +94,21 @@ const _: () = assert!(core::mem::size_of::<Record<SMALL_FRAMES>>() == EVENT_SIZE
 const _: () = assert!(core::mem::size_of::<Record<MAX_FRAMES>>() == EVENT_SIZE + 8 * MAX_FRAMES);
 const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);
 const _: () = assert!(core::mem::align_of::<Event>() == 8);
+
+/// Raw bytes of an `oom/mark_victim` record copied into an [`EventKind::OomVictim`] record (its
+/// fixed fields end at 66 bytes on 6.18; the comm string follows).
+pub const OOM_RAW: usize = 256;
+pub const COMM_LEN: usize = 16;
+
+/// An event followed by raw bytes (a tracepoint record, a comm).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RawRecord<const N: usize> {
+    pub event: Event,
+    pub data: [u8; N],
+}
+const _: () = assert!(core::mem::size_of::<RawRecord<OOM_RAW>>() == EVENT_SIZE + OOM_RAW);
+const _: () = assert!(core::mem::size_of::<RawRecord<COMM_LEN>>() == EVENT_SIZE + COMM_LEN);
 
 /// Which allocator entry point a pending call belongs to; decides how the return probe reads
 /// the result.

@@ -5,16 +5,17 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_stack, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_stack,
+        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_probe_read_user,
+        bpf_task_pt_regs,
     },
     macros::{map, tracepoint, uprobe, uretprobe},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use leaktrace_common::{
-    Event, EventKind, MAP_ANONYMOUS, MAX_FRAMES, Pending, Record, SMALL_FRAMES, SyscallArgs, call,
-    counter, nr,
+    COMM_LEN, Event, EventKind, MAP_ANONYMOUS, MAX_FRAMES, OOM_RAW, Pending, RawRecord, Record,
+    SMALL_FRAMES, SyscallArgs, call, counter, nr,
 };
 
 /// Default sizes; userspace overrides every one of them at load time from its options.
@@ -448,5 +449,51 @@ pub fn process_exit(ctx: TracePointContext) -> u32 {
     let _ = TARGETS.remove(&tgid);
     emit(&event(EventKind::Exit, id));
     let _ = ctx.as_ptr();
+    0
+}
+
+// ---- OOM forensics ---------------------------------------------------------------------------
+
+/// oom/mark_victim, system-wide: the raw record goes to userspace, which reads the fields at the
+/// offsets its format file gives (pid, comm, total_vm, anon/file/shmem RSS, uid, pgtables,
+/// oom_score_adj on 6.18).
+#[tracepoint]
+pub fn oom_mark_victim(ctx: TracePointContext) -> u32 {
+    let Some(mut entry) = EVENTS.reserve::<RawRecord<OOM_RAW>>(0) else {
+        bump(counter::LOST);
+        return 0;
+    };
+    let rec = entry.as_mut_ptr();
+    let mut ev = event(EventKind::OomVictim, bpf_get_current_pid_tgid());
+    ev.size = OOM_RAW as u64;
+    unsafe {
+        let data = &mut (*rec).data;
+        if bpf_probe_read_kernel_buf(ctx.as_ptr() as *const u8, data).is_err() {
+            *data = [0; OOM_RAW];
+            ev.size = 0;
+        }
+        (*rec).event = ev;
+    }
+    // An OOM kill is rare and urgent: wake userspace now, the victim's /proc entry is going.
+    entry.submit(BPF_RB_FORCE_WAKEUP as u64);
+    0
+}
+
+/// sched/sched_process_exec, system-wide (attached only when watching for names): the new comm,
+/// so that userspace can start tracking processes started after it.
+#[tracepoint]
+pub fn process_exec(_ctx: TracePointContext) -> u32 {
+    let Some(mut entry) = EVENTS.reserve::<RawRecord<COMM_LEN>>(0) else {
+        bump(counter::LOST);
+        return 0;
+    };
+    let rec = entry.as_mut_ptr();
+    let mut ev = event(EventKind::Exec, bpf_get_current_pid_tgid());
+    ev.size = COMM_LEN as u64;
+    unsafe {
+        (*rec).data = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+        (*rec).event = ev;
+    }
+    entry.submit(BPF_RB_FORCE_WAKEUP as u64);
     0
 }

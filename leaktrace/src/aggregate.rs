@@ -183,7 +183,8 @@ impl Aggregator {
                     p.map(ev.addr, Region { len: ev.size, ..r });
                 }
             }
-            EventKind::Exit => {} // handled above
+            // Exit is handled above; the OOM watcher consumes the others.
+            EventKind::Exit | EventKind::OomVictim | EventKind::Exec => {}
         }
     }
 

@@ -24,6 +24,93 @@ pub struct Cli {
 pub enum Command {
     /// Trace processes by PID (-p) or launch a command (after --) and report surviving allocations.
     Trace(TraceArgs),
+    /// Watch for OOM kills and write a forensic report for each (run it as a service).
+    Oom(OomArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct OomArgs {
+    /// Directory for reports (created 0700 if missing): DIR/<UTC time>-<pid>-<comm>.{json,txt}.
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Exit 0 after the first OOM-kill report (for scripts and tests).
+    #[arg(long)]
+    pub once: bool,
+    /// Track processes with this name (repeatable; also ones started later): their allocations
+    /// are traced and their RSS sampled, so a kill of one reports the stacks holding memory.
+    #[arg(long = "track-comm", value_name = "NAME")]
+    pub track_comms: Vec<String>,
+    /// Track this process (repeatable).
+    #[arg(long = "track-pid", value_name = "PID")]
+    pub track_pids: Vec<String>,
+    /// Also write a report (reason "threshold") when a tracked process's RSS crosses SIZE
+    /// (e.g. 512MiB), once per crossing.
+    #[arg(long, value_name = "SIZE")]
+    pub snapshot_rss: Option<String>,
+    /// Also write a report when a tracked process's memory cgroup usage crosses PERCENT of its
+    /// limit, once per crossing.
+    #[arg(long, value_name = "PERCENT")]
+    pub snapshot_memcg: Option<String>,
+    /// Format of the one line printed on stdout per report.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Ring buffer size in bytes (power of two).
+    #[arg(long, default_value_t = 8 << 20, value_name = "BYTES")]
+    pub ring_size: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct OomConfig {
+    pub dir: PathBuf,
+    pub once: bool,
+    pub track_comms: Vec<String>,
+    pub track_pids: Vec<u32>,
+    pub snapshot_rss: Option<u64>,
+    pub snapshot_memcg: Option<f64>,
+    pub format: Format,
+    pub ring_size: u32,
+}
+
+impl TryFrom<OomArgs> for OomConfig {
+    type Error = Error;
+
+    fn try_from(a: OomArgs) -> Result<Self, Error> {
+        check_ring_size(a.ring_size)?;
+        Ok(OomConfig {
+            dir: a.dir,
+            once: a.once,
+            track_comms: a.track_comms,
+            track_pids: a
+                .track_pids
+                .iter()
+                .map(|p| parse_pid(p))
+                .collect::<Result<Vec<_>, _>>()?,
+            snapshot_rss: a
+                .snapshot_rss
+                .as_deref()
+                .map(|s| crate::units::parse_size(s).map_err(|e| Error::Usage(format!("--snapshot-rss: {e}"))))
+                .transpose()?,
+            snapshot_memcg: a
+                .snapshot_memcg
+                .as_deref()
+                .map(|s| {
+                    crate::units::parse_percent(s)
+                        .map_err(|e| Error::Usage(format!("--snapshot-memcg: {e}")))
+                })
+                .transpose()?,
+            format: a.format,
+            ring_size: a.ring_size,
+        })
+    }
+}
+
+fn check_ring_size(ring_size: u32) -> Result<(), Error> {
+    if !ring_size.is_power_of_two() || ring_size < 4096 {
+        return Err(Error::Usage(format!(
+            "--ring-size {ring_size}: must be a power of two of at least 4096 (e.g. 8388608)"
+        )));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -116,11 +203,7 @@ impl TryFrom<TraceArgs> for TraceConfig {
             Ok(d)
         };
         let ring_size = a.ring_size;
-        if !ring_size.is_power_of_two() || ring_size < 4096 {
-            return Err(Error::Usage(format!(
-                "--ring-size {ring_size}: must be a power of two of at least 4096 (e.g. 8388608)"
-            )));
-        }
+        check_ring_size(ring_size)?;
         Ok(TraceConfig {
             target,
             min_age: parse_duration(&a.min_age)

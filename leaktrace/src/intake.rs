@@ -5,8 +5,17 @@ use leaktrace_common::{EVENT_SIZE, Event, EventKind, MAX_FRAMES};
 
 use crate::error::{Error, Result};
 
-/// Decodes `bytes` into its header and writes its frames into `frames`, returning how many.
-pub fn decode(bytes: &[u8], frames: &mut [u64; MAX_FRAMES]) -> Result<(Event, usize)> {
+/// One decoded record: its header, how many frames were written to the caller's buffer, and the
+/// raw bytes that kinds such as `OomVictim` and `Exec` carry instead of frames.
+#[derive(Debug)]
+pub struct Decoded<'a> {
+    pub event: Event,
+    pub frames: usize,
+    pub raw: &'a [u8],
+}
+
+/// Decodes `bytes` into its header, writing its frames (if any) into `frames`.
+pub fn decode<'a>(bytes: &'a [u8], frames: &mut [u64; MAX_FRAMES]) -> Result<Decoded<'a>> {
     if bytes.len() < EVENT_SIZE {
         return Err(Error::Decode(format!(
             "record of {} bytes, expected at least {EVENT_SIZE}",
@@ -16,11 +25,25 @@ pub fn decode(bytes: &[u8], frames: &mut [u64; MAX_FRAMES]) -> Result<(Event, us
     // SAFETY: length checked above; `Event` is plain old data valid for any bit pattern, and
     // read_unaligned does not require the ring's alignment.
     let ev = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) };
-    if EventKind::from_u32(ev.kind).is_none() {
+    let Some(kind) = EventKind::from_u32(ev.kind) else {
         return Err(Error::Decode(format!("unknown event kind {}", ev.kind)));
+    };
+    let body = &bytes[EVENT_SIZE..];
+    if matches!(kind, EventKind::OomVictim | EventKind::Exec) {
+        let len = usize::try_from(ev.size).unwrap_or(usize::MAX);
+        if body.len() < len {
+            return Err(Error::Decode(format!(
+                "record claims {len} raw bytes but carries {}",
+                body.len()
+            )));
+        }
+        return Ok(Decoded {
+            event: ev,
+            frames: 0,
+            raw: &body[..len],
+        });
     }
     let n = ev.frames as usize;
-    let body = &bytes[EVENT_SIZE..];
     if n > MAX_FRAMES || body.len() < n * 8 {
         return Err(Error::Decode(format!(
             "record claims {n} frames but carries {} bytes of them",
@@ -30,7 +53,11 @@ pub fn decode(bytes: &[u8], frames: &mut [u64; MAX_FRAMES]) -> Result<(Event, us
     for (slot, chunk) in frames.iter_mut().zip(body.chunks_exact(8)).take(n) {
         *slot = u64::from_ne_bytes(chunk.try_into().unwrap_or([0; 8]));
     }
-    Ok((ev, n))
+    Ok(Decoded {
+        event: ev,
+        frames: n,
+        raw: &[],
+    })
 }
 
 #[cfg(test)]
@@ -62,9 +89,10 @@ mod tests {
         };
         let mut buf = [0u64; MAX_FRAMES];
         // Padding after the frames (the rest of a fixed-size record) is ignored.
-        let (got, n) = decode(&bytes(&ev, &[10, 11, 12, 0, 0]), &mut buf).unwrap();
-        assert_eq!(got, ev);
-        assert_eq!(&buf[..n], &[10, 11, 12]);
+        let rec = bytes(&ev, &[10, 11, 12, 0, 0]);
+        let d = decode(&rec, &mut buf).unwrap();
+        assert_eq!(d.event, ev);
+        assert_eq!(&buf[..d.frames], &[10, 11, 12]);
     }
 
     #[test]
@@ -89,5 +117,21 @@ mod tests {
             ..lying
         };
         assert!(decode(&bytes(&huge, &[1]), &mut buf).is_err());
+    }
+
+    #[test]
+    fn raw_records_carry_bytes_not_frames() {
+        let mut buf = [0u64; MAX_FRAMES];
+        let ev = Event {
+            kind: EventKind::Exec as u32,
+            size: 8,
+            ..Event::default()
+        };
+        let rec = bytes(&ev, &[u64::from_ne_bytes(*b"leaky\0\0\0")]);
+        let d = decode(&rec, &mut buf).unwrap();
+        assert_eq!(d.raw, b"leaky\0\0\0");
+        assert_eq!(d.frames, 0);
+        let short = Event { size: 300, ..ev };
+        assert!(decode(&bytes(&short, &[0]), &mut buf).is_err());
     }
 }

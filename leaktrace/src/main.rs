@@ -1,7 +1,7 @@
 //! Thin entry point: parse, validate, run, map the result to an exit code.
 use clap::Parser;
 use leaktrace::{
-    config::{Cli, Command, TraceConfig},
+    config::{Cli, Command, OomConfig, TraceConfig},
     error::{EXIT_USAGE, Error},
 };
 
@@ -15,14 +15,17 @@ fn main() {
             std::process::exit(code);
         }
     };
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(Error::from)
+    };
     let result = match cli.command {
-        Command::Trace(args) => TraceConfig::try_from(args).and_then(|cfg| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(Error::from)?
-                .block_on(leaktrace::trace::run(cfg))
-        }),
+        Command::Trace(args) => TraceConfig::try_from(args)
+            .and_then(|cfg| runtime()?.block_on(leaktrace::trace::run(cfg))),
+        Command::Oom(args) => OomConfig::try_from(args)
+            .and_then(|cfg| runtime()?.block_on(leaktrace::oom::run(cfg))),
     };
     if let Err(e) = result {
         eprintln!("leaktrace: {e}");

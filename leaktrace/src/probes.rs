@@ -1,12 +1,15 @@
 //! Loading the eBPF object and attaching its programs: the only module that speaks aya's program
 //! and map API, so that an aya upgrade changes one file. Owns the attach order (releasing probes
 //! before allocating ones) and the scoping of uprobes to the traced processes.
-use std::{num::NonZeroU32, os::fd::AsRawFd};
+use std::{collections::HashMap as StdHashMap, num::NonZeroU32, os::fd::AsRawFd};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{TracePoint, UProbe, uprobe::{UProbeAttachLocation, UProbeScope}},
+    programs::{
+        TracePoint, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
+    },
 };
 use leaktrace_common::{counter, names};
 
@@ -39,6 +42,9 @@ pub struct Probes {
     targets: HashMap<MapData, u32, u32>,
     ring: Option<RingBuf<MapData>>,
     attached: usize,
+    /// Uprobe links per traced pid, detached when the process is forgotten so that a
+    /// long-running watcher does not accumulate perf events of dead processes.
+    links: StdHashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
 }
 
 fn bpf_err(what: &str, e: impl std::fmt::Display) -> Error {
@@ -69,11 +75,12 @@ impl Probes {
             targets,
             ring: Some(ring),
             attached: 0,
+            links: StdHashMap::new(),
         };
         for name in UPROBES.iter().chain(URETPROBES) {
             p.uprobe(name)?.load().map_err(|e| bpf_err(name, e))?;
         }
-        for (name, _, _) in TRACEPOINTS {
+        for (name, _, _) in TRACEPOINTS.iter().chain(WATCH_TRACEPOINTS) {
             p.tracepoint(name)?.load().map_err(|e| bpf_err(name, e))?;
         }
         Ok(p)
@@ -111,6 +118,41 @@ impl Probes {
         Ok(())
     }
 
+    /// Attaches the system-wide OOM-kill tracepoint.
+    pub fn attach_oom(&mut self) -> Result<()> {
+        self.attach_watch("oom_mark_victim")
+    }
+
+    /// Attaches the system-wide exec tracepoint (to track processes started later by name).
+    pub fn attach_exec(&mut self) -> Result<()> {
+        self.attach_watch("process_exec")
+    }
+
+    fn attach_watch(&mut self, prog: &str) -> Result<()> {
+        let Some((_, category, event)) = WATCH_TRACEPOINTS.iter().find(|t| t.0 == prog) else {
+            return Err(Error::Bpf(format!("unknown tracepoint program {prog}")));
+        };
+        self.tracepoint(prog)?
+            .attach(category, event)
+            .map_err(|e| Error::Attach {
+                program: prog.to_string(),
+                target: format!("tracepoint {category}/{event}"),
+                reason: e.to_string(),
+            })?;
+        self.attached += 1;
+        Ok(())
+    }
+
+    /// Stops reporting `pid` and detaches its uprobes.
+    pub fn forget(&mut self, pid: u32) {
+        let _ = self.targets.remove(&pid);
+        for (prog, link) in self.links.remove(&pid).unwrap_or_default() {
+            if let Ok(p) = self.uprobe(prog) {
+                let _ = p.detach(link);
+            }
+        }
+    }
+
     /// Attaches the allocator probes of `lib` for `pid` only. `free` and `realloc` go first so
     /// that a block allocated before attach and released after it is never seen half-way (bcc's
     /// memleak reported such blocks as leaks).
@@ -135,13 +177,14 @@ impl Probes {
 
     fn attach_uprobe(
         &mut self,
-        prog: &str,
+        prog: &'static str,
         point: &ProbePoint,
         lib: &AllocatorLib,
         pid: NonZeroU32,
     ) -> Result<()> {
         let target = lib.open_path.clone();
-        self.uprobe(prog)?
+        let link = self
+            .uprobe(prog)?
             .attach(
                 UProbeAttachLocation::AbsoluteOffset(point.probe_offset),
                 &target,
@@ -152,6 +195,7 @@ impl Probes {
                 target: format!("{}+{:#x} (pid {pid})", lib.path.display(), point.probe_offset),
                 reason: error_chain(&e),
             })?;
+        self.links.entry(pid.get()).or_default().push((prog, link));
         Ok(())
     }
 
@@ -224,6 +268,12 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("mmap_enter", "syscalls", "sys_enter_mmap"),
     ("mmap_exit", "syscalls", "sys_exit_mmap"),
     ("process_exit", "sched", "sched_process_exit"),
+];
+
+/// Attached only by the OOM watcher, system-wide.
+const WATCH_TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("oom_mark_victim", "oom", "mark_victim"),
+    ("process_exec", "sched", "sched_process_exec"),
 ];
 
 fn entry_program(f: AllocFn) -> &'static str {

@@ -2,14 +2,11 @@
 //! drains the ring buffer into the aggregator and prints reports (on an interval, and a final one
 //! on Ctrl-C, SIGTERM, --duration or when every target has exited).
 use std::{
-    collections::HashMap,
     io::{IsTerminal, Write},
-    path::Path,
     time::{Duration, Instant},
 };
 
 use aya::maps::{MapData, RingBuf};
-use leaktrace_common::MAX_FRAMES;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -17,15 +14,12 @@ use tokio::{
 };
 
 use crate::{
-    aggregate::{Aggregator, Pid},
-    allocator::{self, AllocFn, AllocatorLib},
+    aggregate::Pid,
+    allocator::{self, AllocatorLib},
     config::{Format, Target, TraceConfig},
     error::{Error, Result},
-    intake,
-    probes::{Counters, MapSizes, Probes},
     report::{self, Report},
-    stacks::StackTable,
-    symbolize::Symbolizer,
+    session::Session,
     target,
 };
 
@@ -68,8 +62,7 @@ pub async fn run(cfg: TraceConfig) -> Result<()> {
     let mut out = open_output(&cfg)?;
 
     // Targets and their allocators, all checked before anything is loaded.
-    let mut comms = HashMap::new();
-    let mut plan: Vec<(u32, Vec<AllocatorLib>)> = Vec::new();
+    let mut plan: Vec<(u32, String, Vec<AllocatorLib>)> = Vec::new();
     let mut held = None;
     match &cfg.target {
         Target::Pids(pids) => {
@@ -79,101 +72,46 @@ pub async fn run(cfg: TraceConfig) -> Result<()> {
                 if libs.is_empty() {
                     return Err(Error::NoAllocator { pid, comm: p.comm });
                 }
-                comms.insert(pid, p.comm);
-                plan.push((pid, libs));
+                plan.push((pid, p.comm, libs));
             }
         }
         Target::Launch(cmd) => {
             let (h, libs, comm) = launch(cmd)?;
-            let pid = h.pid;
-            comms.insert(pid, comm);
-            plan.push((pid, libs));
+            plan.push((h.pid, comm, libs));
             held = Some(h);
         }
     }
 
-    let mut probes = Probes::load(MapSizes {
-        ring_bytes: cfg.ring_size,
-    })?;
-    let mut agg = Aggregator::new(cfg.min_age);
-    let mut sym = Symbolizer::new();
-    for (pid, _) in &plan {
-        probes.add_target(*pid)?;
-        agg.track(Pid(*pid));
-    }
-    probes.attach_tracepoints()?;
-    for (pid, libs) in &plan {
-        let mut n = 0;
-        for lib in libs {
-            n += probes.attach_allocator(lib, *pid)?;
-            // Only the hot entry points are worth a warning; reallocarray & co. are rare.
-            let hot = |p: &&allocator::ProbePoint| {
-                p.funcs.iter().any(|f| {
-                    matches!(
-                        f,
-                        AllocFn::Free | AllocFn::Malloc | AllocFn::Calloc | AllocFn::Realloc
-                    )
-                })
-            };
-            for p in lib.points.iter().filter(|p| !p.emulated).filter(hot) {
-                let names: Vec<_> = p.funcs.iter().map(|f| f.symbol()).collect();
-                eprintln!(
-                    "leaktrace: warning: {} in {} is probed at offset {:#x} (`{}`), which the kernel \
-                     single-steps (~10 µs per call instead of ~1 µs)",
-                    names.join("/"),
-                    lib.path.display(),
-                    p.probe_offset - p.symbol_offset,
-                    p.instruction
-                );
-            }
-        }
-        if held.is_none() {
-            sym.track(*pid);
-        }
+    let mut session = Session::new(cfg.ring_size, cfg.min_age)?;
+    session.probes.attach_tracepoints()?;
+    for (pid, comm, libs) in &plan {
+        let n = session.track(*pid, comm, libs)?;
         let libs: Vec<_> = libs.iter().map(|l| l.path.display().to_string()).collect();
-        eprintln!(
-            "leaktrace: tracing pid {pid} ({}): {n} probes on {}",
-            comms.get(pid).map(String::as_str).unwrap_or("?"),
-            libs.join(", ")
-        );
+        eprintln!("leaktrace: tracing pid {pid} ({comm}): {n} probes on {}", libs.join(", "));
     }
 
-    let ring = probes.take_ring().ok_or_else(|| Error::Bpf("no ring".into()))?;
+    let ring = session.probes.take_ring().ok_or_else(|| Error::Bpf("no ring".into()))?;
     // SAFETY: the ring buffer owns its descriptor and lives inside the AsyncFd until both drop.
     let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| Error::Io(e.into()))?;
     let mut child = None;
-    if let Some(h) = held {
-        let Held { pid, release } = h;
+    if let Some(Held { pid, release }) = held {
         drop(release); // EOF on the pipe lets the child exec.
         child = Some(pid);
-        // Its maps are the command's only after exec; refreshed on its first stacks too.
-        sym.track(pid);
     }
 
-    let start = Instant::now();
     let mut state = Loop {
-        agg,
-        sym,
-        probes,
-        comms,
-        stacks: StackTable::default(),
-        frames: [0; MAX_FRAMES],
-        malformed: 0,
+        session,
         cfg: &cfg,
-        start,
+        start: Instant::now(),
         status: std::io::stderr().is_terminal(),
         last_events: 0,
     };
-
     let mut drain_tick = interval(DRAIN_EVERY);
     drain_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut status_tick = interval(Duration::from_secs(1));
-    let mut report_tick = interval(cfg.interval.unwrap_or(Duration::from_secs(3600 * 24 * 365)));
+    let mut report_tick = interval(cfg.interval.unwrap_or(FOREVER));
     report_tick.tick().await;
-    let deadline = cfg
-        .duration
-        .map(|d| tokio::time::Instant::now() + d)
-        .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600 * 24 * 365 * 10));
+    let deadline = tokio::time::Instant::now() + cfg.duration.unwrap_or(FOREVER);
 
     loop {
         tokio::select! {
@@ -187,12 +125,12 @@ pub async fn run(cfg: TraceConfig) -> Result<()> {
                 if let Some(pid) = child.filter(|p| Held::exited(*p)) {
                     // Its exit event is in the ring before the parent can reap it.
                     state.drain(ring.get_mut());
-                    state.agg.exit(Pid(pid), now_ns());
+                    state.session.agg.exit(Pid(pid), now_ns());
                     child = None;
                 }
             }
             _ = status_tick.tick() => {
-                state.reap_vanished();
+                state.session.reap_vanished(now_ns());
                 state.status_line();
             }
             _ = report_tick.tick() => {
@@ -204,7 +142,7 @@ pub async fn run(cfg: TraceConfig) -> Result<()> {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
-        if state.agg.tracked().next().is_none() {
+        if state.session.agg.tracked().next().is_none() {
             break;
         }
     }
@@ -223,15 +161,11 @@ pub async fn run(cfg: TraceConfig) -> Result<()> {
     Ok(())
 }
 
+/// Long enough to never fire: "no interval", "no duration".
+const FOREVER: Duration = Duration::from_secs(3600 * 24 * 365 * 10);
+
 struct Loop<'a> {
-    agg: Aggregator,
-    sym: Symbolizer,
-    probes: Probes,
-    comms: HashMap<u32, String>,
-    stacks: StackTable,
-    /// Decode buffer for one record's frames.
-    frames: [u64; MAX_FRAMES],
-    malformed: u64,
+    session: Session,
     cfg: &'a TraceConfig,
     start: Instant,
     status: bool,
@@ -240,49 +174,18 @@ struct Loop<'a> {
 
 impl Loop<'_> {
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
-        while let Some(item) = ring.next() {
-            let (ev, n) = match intake::decode(&item, &mut self.frames) {
-                Ok(d) => d,
-                Err(_) => {
-                    self.malformed += 1;
-                    continue;
-                }
-            };
-            let frames = &self.frames[..n];
-            let (stack, new) = self.stacks.intern(frames);
-            if new {
-                // A new stack may lie in a library loaded since attach: refresh the process's
-                // mappings now, while it is alive.
-                self.sym.note_addresses(ev.pid, frames);
-            }
-            self.agg.apply(&ev, stack);
-        }
-    }
-
-    /// A process whose exit event was lost is still noticed: /proc says it is gone.
-    fn reap_vanished(&mut self) {
-        let gone: Vec<Pid> = self
-            .agg
-            .tracked()
-            .filter(|p| !Path::new(&format!("/proc/{}", p.0)).exists())
-            .collect();
-        for p in gone {
-            self.agg.exit(p, now_ns());
-        }
-    }
-
-    fn counters(&self) -> Counters {
-        self.probes.counters()
+        // `trace` attaches no OOM or exec tracepoint, so nothing comes back to handle.
+        while self.session.drain(ring).is_some() {}
     }
 
     fn status_line(&mut self) {
         if !self.status {
             return;
         }
-        let c = self.counters();
-        let (count, bytes) = self.agg.total_outstanding();
-        let rate = self.agg.events - self.last_events;
-        self.last_events = self.agg.events;
+        let c = self.session.counters();
+        let (count, bytes) = self.session.agg.total_outstanding();
+        let rate = self.session.agg.events - self.last_events;
+        self.last_events = self.session.agg.events;
         eprint!(
             "\r\x1b[Kleaktrace: {rate} events/s, {count} outstanding ({}), lost {}",
             report::human_bytes(bytes),
@@ -291,17 +194,18 @@ impl Loop<'_> {
     }
 
     fn report(&mut self, is_final: bool) -> Report {
+        let s = &mut self.session;
         let ctx = report::Context {
-            stacks: &self.stacks,
-            comms: &self.comms,
-            counters: self.counters(),
-            malformed: self.malformed,
+            stacks: &s.stacks,
+            comms: &s.comms,
+            counters: s.probes.counters(),
+            malformed: s.malformed,
             elapsed: self.start.elapsed(),
             min_age: self.cfg.min_age,
             top: self.cfg.top,
             is_final,
         };
-        report::build(&mut self.agg, &mut self.sym, &ctx, now_ns())
+        report::build(&mut s.agg, &mut s.sym, &ctx, now_ns())
     }
 
     /// Writes a report; false when the reader went away (`| head`), which ends quietly.

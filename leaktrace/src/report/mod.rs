@@ -136,16 +136,27 @@ fn process_report(
         allocations: stats.allocs,
         frees: stats.frees,
         stacks_total: stacks.len(),
-        stacks: stacks
-            .iter()
-            .take(ctx.top)
-            .map(|s| stack_report(pid.0, s, sym, ctx))
-            .collect(),
+        stacks: stack_reports(pid.0, stacks, ctx.top, sym, ctx.stacks),
     }
 }
 
-fn stack_report(pid: u32, s: &StackSummary, sym: &mut Symbolizer, ctx: &Context<'_>) -> StackReport {
-    let mut addrs: Vec<u64> = ctx.stacks.get(s.stack).map(<[u64]>::to_vec).unwrap_or_default();
+/// The `top` largest of `stacks`, symbolized: the form every command's JSON uses for stacks.
+pub fn stack_reports(
+    pid: u32,
+    stacks: &[StackSummary],
+    top: usize,
+    sym: &mut Symbolizer,
+    table: &StackTable,
+) -> Vec<StackReport> {
+    stacks
+        .iter()
+        .take(top)
+        .map(|s| stack_report(pid, s, sym, table))
+        .collect()
+}
+
+fn stack_report(pid: u32, s: &StackSummary, sym: &mut Symbolizer, table: &StackTable) -> StackReport {
+    let mut addrs: Vec<u64> = table.get(s.stack).map(<[u64]>::to_vec).unwrap_or_default();
     // The frame-pointer walk from inside libc's mmap wrapper skips the wrapper's caller; the
     // word at the stack pointer is that caller when it follows a call instruction.
     if s.kind == BlockKind::Mmap
@@ -169,14 +180,4 @@ fn stack_report(pid: u32, s: &StackSummary, sym: &mut Symbolizer, ctx: &Context<
     }
 }
 
-/// 1536 -> "1.5 KiB".
-pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < UNITS.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[i]) }
-}
+pub use crate::units::human_bytes;

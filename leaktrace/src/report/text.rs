@@ -48,7 +48,7 @@ pub fn render(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
     )
 }
 
-fn stack(out: &mut dyn Write, n: usize, s: &StackReport) -> std::io::Result<()> {
+pub fn stack(out: &mut dyn Write, n: usize, s: &StackReport) -> std::io::Result<()> {
     writeln!(
         out,
         "  #{n} {} in {} {} blocks, oldest {:.1}s",

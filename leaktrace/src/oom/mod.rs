@@ -1,0 +1,493 @@
+//! `leaktrace oom`: a long-running watcher that writes a forensic report for every OOM kill
+//! (`oom/mark_victim`), and for tracked processes also a flight recorder of their outstanding
+//! allocation stacks and RSS history, plus threshold snapshots before a kill. Tracing itself is
+//! the `Session`'s; /proc and cgroup reading is `procinfo`'s; the report model is `report`'s.
+pub mod report;
+
+use std::{
+    collections::HashMap,
+    os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt},
+    path::Path,
+    time::{Duration, Instant, SystemTime},
+};
+
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    time::{MissedTickBehavior, interval},
+};
+
+use crate::{
+    aggregate::Pid,
+    allocator,
+    config::{Format, OomConfig},
+    error::{Error, Result},
+    procinfo::{self, CgroupPaths, ProcSnapshot},
+    report::stack_reports,
+    session::{Session, Watch},
+    target,
+    tpformat::Layout,
+    trace::now_ns,
+    trend::{self, History, Sample},
+    units,
+};
+use report::{OomReport, Victim};
+
+/// RSS samples kept per tracked process: ten minutes at one a second.
+const HISTORY: usize = 600;
+/// Stacks in a report.
+const TOP_STACKS: usize = 20;
+/// How long a process that just exec'd may take to map its allocator before we give up on it.
+const ATTACH_GRACE: Duration = Duration::from_secs(2);
+
+struct Tracked {
+    comm: String,
+    since: Instant,
+    history: History,
+    /// What /proc said when tracking began: the fallback when the victim's entry is already gone.
+    snapshot: ProcSnapshot,
+    rss_armed: bool,
+    memcg_armed: bool,
+}
+
+struct Watcher<'a> {
+    cfg: &'a OomConfig,
+    layout: Layout,
+    session: Session,
+    tracked: HashMap<u32, Tracked>,
+    /// Processes that exec'd with a tracked name but have not mapped an allocator yet.
+    pending: HashMap<u32, (String, Instant)>,
+    reports: usize,
+    done: bool,
+}
+
+pub async fn run(cfg: OomConfig) -> Result<()> {
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    target::check_environment()?;
+    let layout = Layout::load("oom", "mark_victim").map_err(|e| {
+        Error::Usage(format!(
+            "the tracepoint oom/mark_victim is missing ({e}): this kernel cannot report OOM kills"
+        ))
+    })?;
+    prepare_dir(&cfg.dir)?;
+    let explicit: Vec<target::Process> = cfg
+        .track_pids
+        .iter()
+        .map(|&p| target::check_pid(p))
+        .collect::<Result<_>>()?;
+
+    let mut session = Session::new(cfg.ring_size, Duration::ZERO)?;
+    session.probes.attach_tracepoints()?;
+    session.probes.attach_oom()?;
+    if !cfg.track_comms.is_empty() {
+        session.probes.attach_exec()?;
+    }
+    let mut w = Watcher {
+        cfg: &cfg,
+        layout,
+        session,
+        tracked: HashMap::new(),
+        pending: HashMap::new(),
+        reports: 0,
+        done: false,
+    };
+    for p in explicit {
+        let libs = allocator::find_allocators(p.pid)?;
+        if libs.is_empty() {
+            return Err(Error::NoAllocator {
+                pid: p.pid,
+                comm: p.comm,
+            });
+        }
+        w.track(p.pid, &p.comm, &libs)?;
+    }
+    for (pid, comm) in processes_named(&cfg.track_comms) {
+        w.pending.insert(pid, (comm, Instant::now()));
+    }
+    w.attach_pending();
+    let matched = w.tracked.len();
+    for name in &cfg.track_comms {
+        if !w.tracked.values().any(|t| comm_matches(name, &t.comm)) {
+            eprintln!("leaktrace: no process named {name} yet; it will be tracked when it starts");
+        }
+    }
+    eprintln!(
+        "leaktrace: watching for OOM kills; reports go to {}; tracking {matched} processes",
+        cfg.dir.display()
+    );
+
+    let ring = w.session.probes.take_ring().ok_or_else(|| Error::Bpf("no ring".into()))?;
+    // SAFETY: the ring buffer owns its descriptor and lives inside the AsyncFd until both drop.
+    let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| Error::Io(e.into()))?;
+    let mut drain_tick = interval(Duration::from_millis(10));
+    drain_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut sample_tick = interval(Duration::from_secs(1));
+    sample_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    while !w.done {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                w.drain(guard.get_inner_mut())?;
+                guard.clear_ready();
+            }
+            _ = drain_tick.tick() => {
+                w.drain(ring.get_mut())?;
+                w.attach_pending();
+            }
+            _ = sample_tick.tick() => w.sample()?,
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    Ok(())
+}
+
+/// Creates DIR 0700 if missing; refuses a non-directory or one we cannot write.
+fn prepare_dir(dir: &Path) -> Result<()> {
+    let bad = |why: String| Error::Usage(format!("--dir {}: {why}", dir.display()));
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => return Err(bad("not a directory: give a directory for reports".into())),
+        Ok(_) => {}
+        Err(_) => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| bad(format!("cannot create it: {e}")))?;
+        }
+    }
+    let probe = dir.join(format!(".leaktrace-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .and_then(|_| std::fs::remove_file(&probe))
+        .map_err(|e| bad(format!("cannot write there: {e}")))?;
+    // Reports name processes and their command lines: keep them to root.
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    Ok(())
+}
+
+/// The kernel keeps 15 bytes of a name; a longer --track-comm matches its truncation.
+fn comm_matches(name: &str, comm: &str) -> bool {
+    let n: String = name.chars().take(15).collect();
+    n == comm
+}
+
+fn processes_named(names: &[String]) -> Vec<(u32, String)> {
+    if names.is_empty() {
+        return Vec::new();
+    }
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let me = std::process::id();
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter_map(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            let comm = comm.trim_end().to_string();
+            names.iter().any(|n| comm_matches(n, &comm)).then_some((pid, comm))
+        })
+        .collect()
+}
+
+impl Watcher<'_> {
+    fn track(&mut self, pid: u32, comm: &str, libs: &[allocator::AllocatorLib]) -> Result<()> {
+        let n = self.session.track(pid, comm, libs)?;
+        eprintln!("leaktrace: tracking pid {pid} ({comm}): {n} probes");
+        let mut history = History::new(HISTORY);
+        if let Some(rss) = procinfo::rss_bytes(pid) {
+            history.push(Sample { t_ms: 0, rss_bytes: rss });
+        }
+        self.tracked.insert(
+            pid,
+            Tracked {
+                comm: comm.to_string(),
+                since: Instant::now(),
+                history,
+                snapshot: procinfo::snapshot(pid),
+                rss_armed: true,
+                memcg_armed: true,
+            },
+        );
+        Ok(())
+    }
+
+    /// Attaches to processes that exec'd with a tracked name once their allocator is mapped.
+    fn attach_pending(&mut self) {
+        let pids: Vec<u32> = self.pending.keys().copied().collect();
+        for pid in pids {
+            let Some((comm, since)) = self.pending.get(&pid).cloned() else { continue };
+            if self.tracked.contains_key(&pid) || target::check_pid(pid).is_err() {
+                self.pending.remove(&pid);
+                continue;
+            }
+            match allocator::find_allocators(pid) {
+                Ok(libs) if !libs.is_empty() => {
+                    self.pending.remove(&pid);
+                    if let Err(e) = self.track(pid, &comm, &libs) {
+                        eprintln!("leaktrace: cannot track pid {pid} ({comm}): {e}");
+                    }
+                }
+                _ if since.elapsed() > ATTACH_GRACE => {
+                    self.pending.remove(&pid);
+                    eprintln!(
+                        "leaktrace: pid {pid} ({comm}) maps no recognizable allocator; not tracking it"
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Result<()> {
+        while let Some(watch) = self.session.drain(ring) {
+            match watch {
+                Watch::OomVictim(raw) => self.on_oom(&raw)?,
+                Watch::Exec { pid, comm } => {
+                    if self.cfg.track_comms.iter().any(|n| comm_matches(n, &comm)) {
+                        self.pending.insert(pid, (comm, Instant::now()));
+                        self.attach_pending();
+                    }
+                }
+            }
+            if self.done {
+                return Ok(());
+            }
+        }
+        // Tracked processes that exited normally are forgotten without noise.
+        self.session.agg.take_exited();
+        let gone: Vec<u32> = self
+            .tracked
+            .keys()
+            .copied()
+            .filter(|p| !self.session.agg.is_tracked(Pid(*p)))
+            .collect();
+        for pid in gone {
+            self.tracked.remove(&pid);
+            self.session.forget(pid);
+        }
+        Ok(())
+    }
+
+    /// Once a second: RSS samples and threshold snapshots for tracked processes.
+    fn sample(&mut self) -> Result<()> {
+        for pid in self.session.reap_vanished(now_ns()) {
+            self.tracked.remove(&pid.0);
+            self.session.forget(pid.0);
+        }
+        let pids: Vec<u32> = self.tracked.keys().copied().collect();
+        for pid in pids {
+            let Some(rss) = procinfo::rss_bytes(pid) else { continue };
+            let Some(t) = self.tracked.get_mut(&pid) else { continue };
+            t.history.push(Sample {
+                t_ms: t.since.elapsed().as_millis() as u64,
+                rss_bytes: rss,
+            });
+            let mut crossed = None;
+            if let Some(limit) = self.cfg.snapshot_rss {
+                if rss >= limit && t.rss_armed {
+                    t.rss_armed = false;
+                    crossed = Some(format!(
+                        "RSS {} >= --snapshot-rss {}",
+                        crate::report::human_bytes(rss),
+                        crate::report::human_bytes(limit)
+                    ));
+                } else if rss < limit {
+                    t.rss_armed = true;
+                }
+            }
+            if let Some(pct) = self.cfg.snapshot_memcg {
+                let m = t.snapshot.cgroup.as_ref().and_then(procinfo::memcg);
+                if let Some((usage, limit)) = m.and_then(|m| Some((m.usage_bytes?, m.limit_bytes?))) {
+                    let used = usage as f64 * 100.0 / limit.max(1) as f64;
+                    if used >= pct && t.memcg_armed {
+                        t.memcg_armed = false;
+                        crossed.get_or_insert(format!(
+                            "memory cgroup at {used:.1}% of its limit >= --snapshot-memcg {pct}%"
+                        ));
+                    } else if used < pct {
+                        t.memcg_armed = true;
+                    }
+                }
+            }
+            if let Some(why) = crossed {
+                let proc = procinfo::snapshot(pid);
+                let victim = victim_from_proc(pid, &proc);
+                self.write_report("threshold", Some(why), victim, Vec::new(), proc)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_oom(&mut self, raw: &[u8]) -> Result<()> {
+        let l = &self.layout;
+        let Some(pid) = l.int(raw, "pid").and_then(|p| u32::try_from(p).ok()) else {
+            self.session.malformed += 1;
+            return Ok(());
+        };
+        // First, before the victim's /proc entry goes.
+        let proc = procinfo::snapshot(pid);
+        let kb = |name| l.int(raw, name).and_then(|v| u64::try_from(v).ok());
+        let mut missing = Vec::new();
+        for f in [
+            "comm",
+            "total_vm",
+            "anon_rss",
+            "file_rss",
+            "shmem_rss",
+            "uid",
+            "pgtables",
+            "oom_score_adj",
+        ] {
+            if l.field(f).is_none() {
+                missing.push(f.to_string());
+            }
+        }
+        let victim = Victim {
+            pid,
+            comm: l.string(raw, "comm").unwrap_or_default(),
+            cmdline: None,
+            uid: l.int(raw, "uid").and_then(|u| u32::try_from(u).ok()),
+            cgroup: None,
+            oom_score_adj: l.int(raw, "oom_score_adj"),
+            total_vm_kb: kb("total_vm"),
+            anon_rss_kb: kb("anon_rss"),
+            file_rss_kb: kb("file_rss"),
+            shmem_rss_kb: kb("shmem_rss"),
+            pgtables_kb: kb("pgtables"),
+        };
+        self.write_report("oom_kill", None, victim, missing, proc)?;
+        if self.cfg.once {
+            self.done = true;
+        }
+        Ok(())
+    }
+
+    fn write_report(
+        &mut self,
+        reason: &'static str,
+        threshold: Option<String>,
+        mut victim: Victim,
+        missing: Vec<String>,
+        mut proc: ProcSnapshot,
+    ) -> Result<()> {
+        let pid = victim.pid;
+        let tracked = self.tracked.get(&pid);
+        // What /proc no longer shows, the snapshot taken when tracking began still knows.
+        if let Some(t) = tracked {
+            if proc.cmdline.is_none() {
+                proc.cmdline = t.snapshot.cmdline.clone();
+            }
+            if proc.cgroup.is_none() {
+                proc.cgroup = t.snapshot.cgroup.clone();
+            }
+            if victim.comm.is_empty() {
+                victim.comm = t.comm.clone();
+            }
+        }
+        victim.cmdline = proc.cmdline.clone();
+        victim.cgroup = proc.cgroup.as_ref().and_then(cgroup_display);
+        let memcg = proc.cgroup.as_ref().and_then(procinfo::memcg);
+        let (scope, scope_reason) = procinfo::oom_scope(memcg.as_ref());
+        let (rss_history, rss_trend, stacks) = match tracked {
+            Some(t) => {
+                let h = t.history.samples();
+                let trend = trend::classify(&h);
+                let survivors = self.session.agg.survivors(Pid(pid), now_ns());
+                let stacks = stack_reports(
+                    pid,
+                    &survivors,
+                    TOP_STACKS,
+                    &mut self.session.sym,
+                    &self.session.stacks,
+                );
+                (h, Some(trend), stacks)
+            }
+            None => (Vec::new(), None, Vec::new()),
+        };
+        let counters = self.session.counters();
+        let (time, file_time) = units::utc_timestamp(SystemTime::now());
+        let r = OomReport {
+            reason,
+            threshold,
+            time,
+            victim,
+            missing_fields: missing,
+            oom_scope: scope,
+            oom_scope_reason: scope_reason,
+            memcg,
+            proc,
+            tracked: tracked.is_some(),
+            rss_history,
+            rss_trend,
+            top_consumers: procinfo::top_consumers(10),
+            stacks,
+            lost_events: counters.lost,
+            stack_errors: counters.stack_errors,
+        };
+        let name = format!("{file_time}-{pid}-{}", report::safe_name(&r.victim.comm));
+        let path = report::write(&self.cfg.dir, &name, &r).map_err(|source| Error::Output {
+            path: self.cfg.dir.join(&name),
+            source,
+        })?;
+        self.reports += 1;
+        self.print_line(&r, &path);
+        Ok(())
+    }
+
+    fn print_line(&self, r: &OomReport, path: &Path) {
+        let v = &r.victim;
+        match self.cfg.format {
+            Format::Json => println!(
+                "{}",
+                serde_json::json!({
+                    "reason": r.reason, "time": r.time, "pid": v.pid, "comm": v.comm,
+                    "anon_rss_kb": v.anon_rss_kb, "cgroup": v.cgroup, "oom_scope": r.oom_scope,
+                    "report": path,
+                })
+            ),
+            Format::Text => println!(
+                "leaktrace: {} pid {} ({}) anon-rss {} cgroup {} ({}) -> {}",
+                r.reason,
+                v.pid,
+                v.comm,
+                v.anon_rss_kb
+                    .map(|k| crate::report::human_bytes(k * 1024))
+                    .unwrap_or_else(|| "?".into()),
+                v.cgroup.as_deref().unwrap_or("?"),
+                r.oom_scope,
+                path.display()
+            ),
+        }
+    }
+}
+
+fn cgroup_display(c: &CgroupPaths) -> Option<String> {
+    c.memory_v1.clone().or_else(|| c.unified.clone())
+}
+
+/// Victim facts from /proc, for threshold snapshots (no tracepoint record then).
+fn victim_from_proc(pid: u32, proc: &ProcSnapshot) -> Victim {
+    let kb = |key: &str| {
+        proc.status
+            .get(key)
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+    };
+    Victim {
+        pid,
+        comm: std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|c| c.trim_end().to_string())
+            .unwrap_or_default(),
+        cmdline: None,
+        uid: std::fs::metadata(format!("/proc/{pid}")).ok().map(|m| m.uid()),
+        cgroup: None,
+        oom_score_adj: std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok()),
+        total_vm_kb: kb("VmSize"),
+        anon_rss_kb: kb("RssAnon"),
+        file_rss_kb: kb("RssFile"),
+        shmem_rss_kb: kb("RssShmem"),
+        pgtables_kb: kb("VmPTE"),
+    }
+}

@@ -1,0 +1,147 @@
+//! A tracing session: the loaded probes, the aggregator, the stack table and the symbolizer,
+//! and the drain that feeds ring records to them. Shared by `trace` and `oom`; what to print and
+//! when is theirs.
+use std::{collections::HashMap, path::Path, time::Duration};
+
+use aya::maps::{MapData, RingBuf};
+use leaktrace_common::{COMM_LEN, EventKind, MAX_FRAMES};
+
+use crate::{
+    aggregate::{Aggregator, Pid},
+    allocator::{AllocFn, AllocatorLib},
+    error::Result,
+    intake,
+    probes::{Counters, MapSizes, Probes},
+    stacks::StackTable,
+    symbolize::Symbolizer,
+};
+
+/// Records that the caller handles itself, returned by `drain` in ring order.
+#[derive(Debug, Clone)]
+pub enum Watch {
+    /// The raw `oom/mark_victim` record.
+    OomVictim(Vec<u8>),
+    Exec { pid: u32, comm: String },
+}
+
+pub struct Session {
+    pub agg: Aggregator,
+    pub sym: Symbolizer,
+    pub probes: Probes,
+    pub stacks: StackTable,
+    pub comms: HashMap<u32, String>,
+    pub malformed: u64,
+    frames: [u64; MAX_FRAMES],
+}
+
+impl Session {
+    pub fn new(ring_bytes: u32, min_age: Duration) -> Result<Self> {
+        Ok(Session {
+            agg: Aggregator::new(min_age),
+            sym: Symbolizer::new(),
+            probes: Probes::load(MapSizes { ring_bytes })?,
+            stacks: StackTable::default(),
+            comms: HashMap::new(),
+            malformed: 0,
+            frames: [0; MAX_FRAMES],
+        })
+    }
+
+    /// Starts tracing `pid` through `libs`; returns the number of probes attached.
+    pub fn track(&mut self, pid: u32, comm: &str, libs: &[AllocatorLib]) -> Result<usize> {
+        self.probes.add_target(pid)?;
+        self.agg.track(Pid(pid));
+        self.comms.insert(pid, comm.to_string());
+        let mut n = 0;
+        for lib in libs {
+            n += self.probes.attach_allocator(lib, pid)?;
+            warn_single_stepped(lib);
+        }
+        self.sym.track(pid);
+        Ok(n)
+    }
+
+    /// Stops tracing `pid` and detaches its probes.
+    pub fn forget(&mut self, pid: u32) {
+        self.probes.forget(pid);
+        self.agg.exit(Pid(pid), 0);
+        self.sym.forget(pid);
+        self.comms.remove(&pid);
+    }
+
+    /// Applies ring records until the ring is empty (None) or a record the caller must handle
+    /// comes up (Some), so that the caller sees it before anything that follows it, e.g. an OOM
+    /// victim's report is built before its exit event drops its allocations.
+    pub fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Option<Watch> {
+        while let Some(item) = ring.next() {
+            let d = match intake::decode(&item, &mut self.frames) {
+                Ok(d) => d,
+                Err(_) => {
+                    self.malformed += 1;
+                    continue;
+                }
+            };
+            let ev = d.event;
+            match EventKind::from_u32(ev.kind) {
+                Some(EventKind::OomVictim) => return Some(Watch::OomVictim(d.raw.to_vec())),
+                Some(EventKind::Exec) => {
+                    let raw = &d.raw[..d.raw.len().min(COMM_LEN)];
+                    let end = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
+                    return Some(Watch::Exec {
+                        pid: ev.pid,
+                        comm: String::from_utf8_lossy(&raw[..end]).into_owned(),
+                    });
+                }
+                _ => {}
+            }
+            let frames = &self.frames[..d.frames];
+            let (stack, new) = self.stacks.intern(frames);
+            if new {
+                // A new stack may lie in a library loaded since attach: refresh the process's
+                // mappings now, while it is alive.
+                self.sym.note_addresses(ev.pid, frames);
+            }
+            self.agg.apply(&ev, stack);
+        }
+        None
+    }
+
+    /// Processes whose exit event was lost are still noticed: /proc says they are gone.
+    pub fn reap_vanished(&mut self, now_ns: u64) -> Vec<Pid> {
+        let gone: Vec<Pid> = self
+            .agg
+            .tracked()
+            .filter(|p| !Path::new(&format!("/proc/{}", p.0)).exists())
+            .collect();
+        for p in &gone {
+            self.agg.exit(*p, now_ns);
+        }
+        gone
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.probes.counters()
+    }
+}
+
+/// Warns about hot allocator entry points the kernel must single-step; rare ones (reallocarray
+/// and the like) are not worth a warning.
+fn warn_single_stepped(lib: &AllocatorLib) {
+    let hot = |f: &AllocFn| {
+        matches!(
+            f,
+            AllocFn::Free | AllocFn::Malloc | AllocFn::Calloc | AllocFn::Realloc
+        )
+    };
+    for p in lib.points.iter().filter(|p| !p.emulated && p.funcs.iter().any(hot)) {
+        let names: Vec<_> = p.funcs.iter().map(|f| f.symbol()).collect();
+        eprintln!(
+            "leaktrace: warning: {} in {} is probed at offset {:#x} (`{}`), which the kernel \
+             single-steps (~10 µs per call instead of ~1 µs)",
+            names.join("/"),
+            lib.path.display(),
+            p.probe_offset - p.symbol_offset,
+            p.instruction
+        );
+    }
+}
