@@ -176,6 +176,9 @@ pub mod names {
     pub const SYSCALLS: &str = "SYSCALLS";
     /// Global: ring bytes pending above which a submit wakes userspace.
     pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+    /// Global: non-zero to trace every process but `SELF_TGID`.
+    pub const TRACE_ALL: &str = "TRACE_ALL";
+    pub const SELF_TGID: &str = "SELF_TGID";
 }
 
 /// Syscall numbers on x86-64, used to pair enter and exit.

@@ -45,8 +45,17 @@ fn bump(slot: u32) {
     }
 }
 
+/// Non-zero: every process is traced (an `--all` audit), except leaktrace itself.
+#[unsafe(no_mangle)]
+static TRACE_ALL: u32 = 0;
+#[unsafe(no_mangle)]
+static SELF_TGID: u32 = 0;
+
 #[inline(always)]
 fn traced(tgid: u32) -> bool {
+    if unsafe { core::ptr::read_volatile(&TRACE_ALL) } != 0 {
+        return tgid != unsafe { core::ptr::read_volatile(&SELF_TGID) };
+    }
     unsafe { TARGETS.get(&tgid).is_some() }
 }
 

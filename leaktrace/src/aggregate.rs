@@ -95,6 +95,10 @@ pub struct Aggregator {
     procs: HashMap<Pid, ProcState>,
     exited: Vec<ExitedProcess>,
     min_age: Duration,
+    /// Every process's events are taken, a new pid starts being tracked (`audit --all`).
+    track_all: bool,
+    /// Processes that exited, so that a late event does not bring one back in track-all mode.
+    dead: std::collections::HashSet<Pid>,
     /// Events for processes not (or no longer) traced.
     pub foreign_events: u64,
     pub events: u64,
@@ -106,6 +110,10 @@ impl Aggregator {
             min_age,
             ..Self::default()
         }
+    }
+
+    pub fn set_track_all(&mut self, on: bool) {
+        self.track_all = on;
     }
 
     /// Starts tracking `pid`; events of unknown pids are counted and dropped.
@@ -141,6 +149,9 @@ impl Aggregator {
         if kind == EventKind::Exit {
             self.exit(pid, ev.ts_ns);
             return;
+        }
+        if self.track_all && !self.dead.contains(&pid) {
+            self.procs.entry(pid).or_default();
         }
         let Some(p) = self.procs.get_mut(&pid) else {
             self.foreign_events += 1;
@@ -190,6 +201,9 @@ impl Aggregator {
 
     /// Forgets `pid` after recording what it left outstanding (all of it, subject to min-age).
     pub fn exit(&mut self, pid: Pid, now_ns: u64) {
+        if self.track_all {
+            self.dead.insert(pid);
+        }
         if let Some(p) = self.procs.remove(&pid) {
             let stacks = p.survivors(now_ns, self.min_age);
             self.exited.push(ExitedProcess {
@@ -463,6 +477,17 @@ mod tests {
         // Later events of the dead pid are foreign, not a new process.
         a.apply(&ev(EventKind::Alloc, 0x2000, 10, 0, 21), StackId(1));
         assert_eq!(a.foreign_events, 1);
+    }
+
+    #[test]
+    fn track_all_adopts_new_pids_but_not_dead_ones() {
+        let mut a = Aggregator::new(Duration::ZERO);
+        a.set_track_all(true);
+        a.apply(&ev(EventKind::Alloc, 0x1000, 10, 0, 1), StackId(1));
+        assert!(a.is_tracked(Pid(P)));
+        a.apply(&ev(EventKind::Exit, 0, 0, 0, 2), StackId(-1));
+        a.apply(&ev(EventKind::Free, 0x1000, 0, 0, 3), StackId(-1));
+        assert!(!a.is_tracked(Pid(P)));
     }
 
     #[test]

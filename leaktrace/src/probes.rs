@@ -26,6 +26,15 @@ pub struct MapSizes {
     pub ring_bytes: u32,
 }
 
+/// Which processes the programs report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Those added with `add_target`.
+    Targets,
+    /// Every process but leaktrace (`audit --all`).
+    All,
+}
+
 /// Summed per-CPU counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -52,11 +61,15 @@ fn bpf_err(what: &str, e: impl std::fmt::Display) -> Error {
 }
 
 impl Probes {
-    pub fn load(sizes: MapSizes) -> Result<Self> {
+    pub fn load(sizes: MapSizes, scope: Scope) -> Result<Self> {
         let wakeup = u64::from(sizes.ring_bytes / 4);
+        let all = u32::from(scope == Scope::All);
+        let me = std::process::id();
         let mut bpf = EbpfLoader::new()
             .map_max_entries(names::EVENTS, sizes.ring_bytes)
             .override_global(names::WAKEUP_BYTES, &wakeup, true)
+            .override_global(names::TRACE_ALL, &all, true)
+            .override_global(names::SELF_TGID, &me, true)
             .load(EBPF_OBJECT)
             .map_err(|e| bpf_err("loading the eBPF object", e))?;
         let take = |bpf: &mut Ebpf, name: &str| {
@@ -158,16 +171,31 @@ impl Probes {
     /// memleak reported such blocks as leaks).
     pub fn attach_allocator(&mut self, lib: &AllocatorLib, pid: u32) -> Result<usize> {
         let pid_nz = NonZeroU32::new(pid).ok_or_else(|| Error::Usage("pid 0".into()))?;
+        self.attach_allocator_scoped(lib, UProbeScope::OneProcess(pid_nz), pid)
+    }
+
+    /// Attaches the allocator probes of `lib` for every process that maps it (one set of probes
+    /// per library, whatever the number of processes).
+    pub fn attach_allocator_all(&mut self, lib: &AllocatorLib) -> Result<usize> {
+        self.attach_allocator_scoped(lib, UProbeScope::AllProcesses, 0)
+    }
+
+    fn attach_allocator_scoped(
+        &mut self,
+        lib: &AllocatorLib,
+        scope: UProbeScope,
+        owner: u32,
+    ) -> Result<usize> {
         let mut points: Vec<&ProbePoint> = lib.points.iter().collect();
         points.sort_by_key(|p| attach_rank(p.funcs.first().copied()));
         let mut n = 0;
         for point in points {
             let Some(&func) = point.funcs.first() else { continue };
             let entry = entry_program(func);
-            self.attach_uprobe(entry, point, lib, pid_nz)?;
+            self.attach_uprobe(entry, point, lib, scope, owner)?;
             n += 1;
             if func != AllocFn::Free {
-                self.attach_uprobe("alloc_return", point, lib, pid_nz)?;
+                self.attach_uprobe("alloc_return", point, lib, scope, owner)?;
                 n += 1;
             }
         }
@@ -180,7 +208,8 @@ impl Probes {
         prog: &'static str,
         point: &ProbePoint,
         lib: &AllocatorLib,
-        pid: NonZeroU32,
+        scope: UProbeScope,
+        owner: u32,
     ) -> Result<()> {
         let target = lib.open_path.clone();
         let link = self
@@ -188,14 +217,14 @@ impl Probes {
             .attach(
                 UProbeAttachLocation::AbsoluteOffset(point.probe_offset),
                 &target,
-                UProbeScope::OneProcess(pid),
+                scope,
             )
             .map_err(|e| Error::Attach {
                 program: prog.to_string(),
-                target: format!("{}+{:#x} (pid {pid})", lib.path.display(), point.probe_offset),
+                target: format!("{}+{:#x} ({scope:?})", lib.path.display(), point.probe_offset),
                 reason: error_chain(&e),
             })?;
-        self.links.entry(pid.get()).or_default().push((prog, link));
+        self.links.entry(owner).or_default().push((prog, link));
         Ok(())
     }
 

@@ -11,7 +11,7 @@ use crate::{
     allocator::{AllocFn, AllocatorLib},
     error::Result,
     intake,
-    probes::{Counters, MapSizes, Probes},
+    probes::{Counters, MapSizes, Probes, Scope},
     stacks::StackTable,
     symbolize::Symbolizer,
 };
@@ -35,11 +35,13 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(ring_bytes: u32, min_age: Duration) -> Result<Self> {
+    pub fn new(ring_bytes: u32, min_age: Duration, scope: Scope) -> Result<Self> {
+        let mut agg = Aggregator::new(min_age);
+        agg.set_track_all(scope == Scope::All);
         Ok(Session {
-            agg: Aggregator::new(min_age),
+            agg,
             sym: Symbolizer::new(),
-            probes: Probes::load(MapSizes { ring_bytes })?,
+            probes: Probes::load(MapSizes { ring_bytes }, scope)?,
             stacks: StackTable::default(),
             comms: HashMap::new(),
             malformed: 0,

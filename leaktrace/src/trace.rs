@@ -19,6 +19,7 @@ use crate::{
     config::{Format, Target, TraceConfig},
     error::{Error, Result},
     report::{self, Report},
+    probes::Scope,
     session::Session,
     target,
 };
@@ -82,7 +83,7 @@ pub async fn run(cfg: TraceConfig) -> Result<()> {
         }
     }
 
-    let mut session = Session::new(cfg.ring_size, cfg.min_age)?;
+    let mut session = Session::new(cfg.ring_size, cfg.min_age, Scope::Targets)?;
     session.probes.attach_tracepoints()?;
     for (pid, comm, libs) in &plan {
         let n = session.track(*pid, comm, libs)?;

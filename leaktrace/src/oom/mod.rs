@@ -24,6 +24,7 @@ use crate::{
     error::{Error, Result},
     procinfo::{self, CgroupPaths, ProcSnapshot},
     report::stack_reports,
+    probes::Scope,
     session::{Session, Watch},
     target,
     tpformat::Layout,
@@ -77,7 +78,7 @@ pub async fn run(cfg: OomConfig) -> Result<()> {
         .map(|&p| target::check_pid(p))
         .collect::<Result<_>>()?;
 
-    let mut session = Session::new(cfg.ring_size, Duration::ZERO)?;
+    let mut session = Session::new(cfg.ring_size, Duration::ZERO, Scope::Targets)?;
     session.probes.attach_tracepoints()?;
     session.probes.attach_oom()?;
     if !cfg.track_comms.is_empty() {
