@@ -26,6 +26,125 @@ pub enum Command {
     Trace(TraceArgs),
     /// Watch for OOM kills and write a forensic report for each (run it as a service).
     Oom(OomArgs),
+    /// Trace processes for a bounded window and rank them by leak rate (cron/systemd-friendly).
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AuditArgs {
+    /// How long to watch.
+    #[arg(long, default_value = "60s", value_name = "DURATION")]
+    pub duration: String,
+    /// Every process on the machine (the default when no -p, --comm or --cgroup is given).
+    #[arg(long)]
+    pub all: bool,
+    /// Audit this process (repeatable).
+    #[arg(short = 'p', long = "pid", value_name = "PID")]
+    pub pids: Vec<String>,
+    /// Audit processes with this name, including ones started during the audit (repeatable).
+    #[arg(long = "comm", value_name = "NAME")]
+    pub comms: Vec<String>,
+    /// Audit processes in this cgroup (its path as in /proc/PID/cgroup, v1 memory or v2; repeatable).
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub cgroups: Vec<String>,
+    /// Allocations younger than this at the end are not leaks.
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    pub min_age: String,
+    /// Exit 1 when a process leaks faster than RATE (e.g. 1MiB/min, 100KiB/s).
+    #[arg(long, value_name = "RATE")]
+    pub fail_above: Option<String>,
+    /// An earlier audit's JSON: show growth since then per process (matched by executable and
+    /// command line) and per stack.
+    #[arg(long, value_name = "FILE")]
+    pub baseline: Option<PathBuf>,
+    /// Stacks to show per process.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub top: usize,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Write the report to FILE instead of stdout.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Ring buffer size in bytes (power of two).
+    #[arg(long, default_value_t = 32 << 20, value_name = "BYTES")]
+    pub ring_size: u32,
+}
+
+/// Which processes an audit covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    All,
+    Chosen {
+        pids: Vec<u32>,
+        comms: Vec<String>,
+        cgroups: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub duration: Duration,
+    pub selection: Selection,
+    pub min_age: Duration,
+    pub fail_above: Option<f64>,
+    pub baseline: Option<PathBuf>,
+    pub top: usize,
+    pub format: Format,
+    pub output: Option<PathBuf>,
+    pub ring_size: u32,
+}
+
+impl TryFrom<AuditArgs> for AuditConfig {
+    type Error = Error;
+
+    fn try_from(a: AuditArgs) -> Result<Self, Error> {
+        check_ring_size(a.ring_size)?;
+        let duration =
+            parse_duration(&a.duration).map_err(|e| Error::Usage(format!("--duration: {e}")))?;
+        if duration.is_zero() {
+            return Err(Error::Usage("--duration: must be more than zero (e.g. 60s)".into()));
+        }
+        let min_age =
+            parse_duration(&a.min_age).map_err(|e| Error::Usage(format!("--min-age: {e}")))?;
+        if duration <= min_age {
+            return Err(Error::Usage(format!(
+                "--duration {}: must be longer than --min-age {} (survivors must have time to age)",
+                a.duration, a.min_age
+            )));
+        }
+        let chosen = !(a.pids.is_empty() && a.comms.is_empty() && a.cgroups.is_empty());
+        if a.all && chosen {
+            return Err(Error::Usage(
+                "give --all or a choice of processes (-p, --comm, --cgroup), not both".into(),
+            ));
+        }
+        let selection = if chosen {
+            Selection::Chosen {
+                pids: a.pids.iter().map(|p| parse_pid(p)).collect::<Result<_, _>>()?,
+                comms: a.comms,
+                cgroups: a.cgroups,
+            }
+        } else {
+            Selection::All
+        };
+        Ok(AuditConfig {
+            duration,
+            selection,
+            min_age,
+            fail_above: a
+                .fail_above
+                .as_deref()
+                .map(|r| {
+                    crate::units::parse_rate(r).map_err(|e| Error::Usage(format!("--fail-above: {e}")))
+                })
+                .transpose()?,
+            baseline: a.baseline,
+            top: a.top,
+            format: a.format,
+            output: a.output,
+            ring_size: a.ring_size,
+        })
+    }
 }
 
 #[derive(Debug, clap::Args)]

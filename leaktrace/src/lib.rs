@@ -1,6 +1,7 @@
 //! leaktrace: an eBPF memory-leak tracer. The binary is a thin shell around this library.
 pub mod aggregate;
 pub mod allocator;
+pub mod audit;
 pub mod config;
 pub mod error;
 pub mod intake;

@@ -1,7 +1,7 @@
 //! Thin entry point: parse, validate, run, map the result to an exit code.
 use clap::Parser;
 use leaktrace::{
-    config::{Cli, Command, OomConfig, TraceConfig},
+    config::{AuditConfig, Cli, Command, OomConfig, TraceConfig},
     error::{EXIT_USAGE, Error},
 };
 
@@ -23,12 +23,19 @@ fn main() {
     };
     let result = match cli.command {
         Command::Trace(args) => TraceConfig::try_from(args)
-            .and_then(|cfg| runtime()?.block_on(leaktrace::trace::run(cfg))),
+            .and_then(|cfg| runtime()?.block_on(leaktrace::trace::run(cfg)))
+            .map(|()| 0),
         Command::Oom(args) => OomConfig::try_from(args)
-            .and_then(|cfg| runtime()?.block_on(leaktrace::oom::run(cfg))),
+            .and_then(|cfg| runtime()?.block_on(leaktrace::oom::run(cfg)))
+            .map(|()| 0),
+        Command::Audit(args) => AuditConfig::try_from(args)
+            .and_then(|cfg| runtime()?.block_on(leaktrace::audit::run(cfg))),
     };
-    if let Err(e) = result {
-        eprintln!("leaktrace: {e}");
-        std::process::exit(e.exit_code());
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("leaktrace: {e}");
+            std::process::exit(e.exit_code());
+        }
     }
 }

@@ -54,6 +54,8 @@ pub struct Probes {
     /// Uprobe links per traced pid, detached when the process is forgotten so that a
     /// long-running watcher does not accumulate perf events of dead processes.
     links: StdHashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
+    /// Libraries (device, inode) probed for every process.
+    probed: std::collections::HashSet<(u64, u64)>,
 }
 
 fn bpf_err(what: &str, e: impl std::fmt::Display) -> Error {
@@ -89,6 +91,7 @@ impl Probes {
             ring: Some(ring),
             attached: 0,
             links: StdHashMap::new(),
+            probed: Default::default(),
         };
         for name in UPROBES.iter().chain(URETPROBES) {
             p.uprobe(name)?.load().map_err(|e| bpf_err(name, e))?;
@@ -154,6 +157,14 @@ impl Probes {
             })?;
         self.attached += 1;
         Ok(())
+    }
+
+    pub fn is_probed(&self, lib: (u64, u64)) -> bool {
+        self.probed.contains(&lib)
+    }
+
+    pub fn mark_probed(&mut self, lib: (u64, u64)) {
+        self.probed.insert(lib);
     }
 
     /// Stops reporting `pid` and detaches its uprobes.

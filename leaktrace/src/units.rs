@@ -242,3 +242,34 @@ mod tests {
         assert_eq!(civil_from_days(-719_468), (0, 3, 1));
     }
 }
+
+/// Parses a rate such as `1MiB/min`, `100KiB/s`, `64KiB/s`, `2GiB/h` into bytes per second.
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    let bad = || {
+        format!("invalid rate '{s}': use a size per time unit, e.g. 100KiB/s, 1MiB/min, 1GiB/h")
+    };
+    let (size, per) = s.trim().split_once('/').ok_or_else(bad)?;
+    let bytes = parse_size(size).map_err(|_| bad())? as f64;
+    let secs = match per.trim() {
+        "s" | "sec" => 1.0,
+        "m" | "min" => 60.0,
+        "h" | "hour" => 3600.0,
+        "d" | "day" => 86400.0,
+        _ => return Err(bad()),
+    };
+    Ok(bytes / secs)
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::parse_rate;
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("100KiB/s"), Ok(102400.0));
+        assert_eq!(parse_rate("1MiB/min"), Ok(1048576.0 / 60.0));
+        assert_eq!(parse_rate("1GiB/h"), Ok(1073741824.0 / 3600.0));
+        assert!(parse_rate("12parsecs").unwrap_err().contains("invalid rate '12parsecs'"));
+        assert!(parse_rate("1MiB/fortnight").is_err());
+    }
+}

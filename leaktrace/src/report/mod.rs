@@ -5,7 +5,7 @@ pub mod text;
 
 use std::{collections::HashMap, time::Duration};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     aggregate::{Aggregator, BlockKind, Pid, ProcStats, StackSummary},
@@ -16,7 +16,7 @@ use crate::{
 
 /// One symbolized frame. `function`, `file`, `line` are null when unknown; `module` is the
 /// mapped file the address lies in.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Frame {
     pub address: String,
     pub function: Option<String>,

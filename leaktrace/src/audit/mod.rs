@@ -1,0 +1,465 @@
+//! `leaktrace audit`: a bounded sweep that traces processes for a window, samples their RSS every
+//! second, and ranks them by leak rate. Owns discovery (which allocator libraries the targets
+//! map, through /proc/PID/root so that other mount namespaces work), the window loop and the
+//! exit code; the report model and baseline comparison are in `report`.
+pub mod report;
+
+use std::{
+    collections::{HashMap, HashSet},
+    io::Write,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
+};
+
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    time::{MissedTickBehavior, interval, sleep_until},
+};
+
+use crate::{
+    aggregate::Pid,
+    allocator::{self, AllocatorLib},
+    config::{AuditConfig, Format, Selection},
+    error::{Error, Result},
+    probes::Scope,
+    procinfo,
+    session::{Session, Watch},
+    target,
+    trace::now_ns,
+    trend::{History, Sample},
+};
+
+/// Exit status when a process leaks faster than `--fail-above`.
+pub const EXIT_ABOVE: i32 = 1;
+/// How often `--all` looks for libraries it has not probed yet (containers started meanwhile).
+const RESCAN: Duration = Duration::from_secs(5);
+
+/// What we know of one audited process; kept after it exits.
+#[derive(Debug, Clone)]
+pub struct ProcInfo {
+    pub comm: String,
+    pub exe: Option<String>,
+    pub cmdline: Vec<String>,
+    pub history: History,
+    pub exited: bool,
+}
+
+/// A probed library: where it is and how many audited processes map it.
+#[derive(Debug, Clone)]
+pub struct LibInfo {
+    pub path: String,
+    pub processes: usize,
+}
+
+struct Audit<'a> {
+    cfg: &'a AuditConfig,
+    session: Session,
+    start: Instant,
+    procs: HashMap<u32, ProcInfo>,
+    /// Probed libraries by (device, inode): the same file seen through two paths (or two mount
+    /// namespaces) is probed once.
+    libs: HashMap<(u64, u64), LibInfo>,
+    /// ELF inspections by (device, inode), including files that are not allocators.
+    inspected: HashMap<(u64, u64), Option<AllocatorLib>>,
+    /// `--comm` / `--cgroup` processes that exec'd during the audit, waiting for their allocator.
+    pending: HashMap<u32, Instant>,
+    /// What exited processes left, kept for the report.
+    exited: Vec<crate::aggregate::ExitedProcess>,
+}
+
+/// Runs the audit; returns the exit code (0, or 1 when something leaks above --fail-above).
+pub async fn run(cfg: AuditConfig) -> Result<i32> {
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    target::check_environment()?;
+    let baseline = cfg.baseline.as_deref().map(report::load_baseline).transpose()?;
+    let mut out: Box<dyn Write> = match &cfg.output {
+        Some(p) => Box::new(std::fs::File::create(p).map_err(|source| Error::Output {
+            path: p.clone(),
+            source,
+        })?),
+        None => Box::new(std::io::stdout()),
+    };
+    let scope = match cfg.selection {
+        Selection::All => Scope::All,
+        Selection::Chosen { .. } => Scope::Targets,
+    };
+    let initial = initial_targets(&cfg.selection)?;
+    let mut a = Audit {
+        cfg: &cfg,
+        session: Session::new(cfg.ring_size, cfg.min_age, scope)?,
+        start: Instant::now(),
+        procs: HashMap::new(),
+        libs: HashMap::new(),
+        inspected: HashMap::new(),
+        pending: HashMap::new(),
+        exited: Vec::new(),
+    };
+    a.session.probes.attach_tracepoints()?;
+    if let Selection::Chosen { comms, cgroups, .. } = &cfg.selection
+        && (!comms.is_empty() || !cgroups.is_empty())
+    {
+        a.session.probes.attach_exec()?;
+    }
+    for pid in &initial {
+        a.add(*pid, true)?;
+    }
+    if scope == Scope::All {
+        a.rescan_all();
+    }
+    eprintln!(
+        "leaktrace: auditing {} processes for {:.1}s ({} allocator libraries probed)",
+        a.procs.len(),
+        cfg.duration.as_secs_f64(),
+        a.libs.len()
+    );
+    a.start = Instant::now();
+    a.sample();
+
+    let ring = a.session.probes.take_ring().ok_or_else(|| Error::Bpf("no ring".into()))?;
+    // SAFETY: the ring buffer owns its descriptor and lives inside the AsyncFd until both drop.
+    let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| Error::Io(e.into()))?;
+    let mut drain_tick = interval(Duration::from_millis(10));
+    drain_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut sample_tick = interval(Duration::from_secs(1));
+    sample_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    sample_tick.tick().await;
+    let mut rescan_tick = interval(RESCAN);
+    rescan_tick.tick().await;
+    let deadline = tokio::time::Instant::now() + cfg.duration;
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                a.drain(guard.get_inner_mut());
+                guard.clear_ready();
+            }
+            _ = drain_tick.tick() => {
+                a.drain(ring.get_mut());
+                a.attach_pending();
+            }
+            _ = sample_tick.tick() => a.sample(),
+            _ = rescan_tick.tick(), if scope == Scope::All => a.rescan_all(),
+            _ = sleep_until(deadline) => break,
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    a.drain(ring.get_mut());
+    a.sample();
+    let r = a.report(baseline.as_ref());
+    let above = cfg
+        .fail_above
+        .is_some_and(|limit| r.processes.iter().any(|p| p.leak_rate_bytes_per_s > limit));
+    let res = match cfg.format {
+        Format::Json => serde_json::to_writer_pretty(&mut out, &r)
+            .map_err(std::io::Error::other)
+            .and_then(|_| out.write_all(b"\n")),
+        Format::Text => report::render_text(&r, cfg.fail_above, &mut out),
+    }
+    .and_then(|_| out.flush());
+    match res {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        Err(source) => {
+            return Err(Error::Output {
+                path: cfg.output.clone().unwrap_or_else(|| "standard output".into()),
+                source,
+            });
+        }
+    }
+    Ok(if above { EXIT_ABOVE } else { 0 })
+}
+
+/// The processes chosen at the start; an error when nothing at all matches.
+fn initial_targets(sel: &Selection) -> Result<Vec<u32>> {
+    let me = std::process::id();
+    let Selection::Chosen {
+        pids,
+        comms,
+        cgroups,
+    } = sel
+    else {
+        return Ok(all_pids().into_iter().filter(|&p| p != me).collect());
+    };
+    let mut set: Vec<u32> = Vec::new();
+    for &pid in pids {
+        target::check_pid(pid)?;
+        set.push(pid);
+    }
+    let mut unmatched = Vec::new();
+    for name in comms {
+        let found: Vec<u32> = all_pids()
+            .into_iter()
+            .filter(|&p| p != me && comm_of(p).is_some_and(|c| comm_matches(name, &c)))
+            .collect();
+        if found.is_empty() {
+            unmatched.push(format!("--comm {name} matches no process"));
+        }
+        set.extend(found);
+    }
+    for cg in cgroups {
+        if !cgroup_exists(cg) {
+            return Err(Error::Usage(format!(
+                "--cgroup {cg}: no such cgroup in the memory (v1) or unified (v2) hierarchy; \
+                 give its path as /proc/PID/cgroup shows it"
+            )));
+        }
+        let found: Vec<u32> = all_pids()
+            .into_iter()
+            .filter(|&p| p != me && in_cgroup(p, cg))
+            .collect();
+        if found.is_empty() {
+            unmatched.push(format!("--cgroup {cg} has no process"));
+        }
+        set.extend(found);
+    }
+    set.sort_unstable();
+    set.dedup();
+    if set.is_empty() {
+        return Err(Error::Usage(format!(
+            "{}: nothing to audit (check the names with `pgrep -l NAME`)",
+            unmatched.join("; ")
+        )));
+    }
+    for u in unmatched {
+        eprintln!("leaktrace: warning: {u}");
+    }
+    Ok(set)
+}
+
+fn all_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn comm_of(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|c| c.trim_end().to_string())
+}
+
+/// The kernel keeps 15 bytes of a name; a longer --comm matches its truncation.
+fn comm_matches(name: &str, comm: &str) -> bool {
+    name.chars().take(15).collect::<String>() == comm
+}
+
+fn normalize_cgroup(p: &str) -> String {
+    let t = p.trim_end_matches('/');
+    if t.is_empty() { "/".into() } else if t.starts_with('/') { t.into() } else { format!("/{t}") }
+}
+
+fn in_cgroup(pid: u32, cg: &str) -> bool {
+    let want = normalize_cgroup(cg);
+    procinfo::cgroup_paths(pid).is_ok_and(|c| {
+        c.memory_v1.as_deref().map(normalize_cgroup) == Some(want.clone())
+            || c.unified.as_deref().map(normalize_cgroup) == Some(want.clone())
+    })
+}
+
+fn cgroup_exists(cg: &str) -> bool {
+    let rel = normalize_cgroup(cg);
+    let rel = rel.trim_start_matches('/');
+    ["/sys/fs/cgroup/memory", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .iter()
+        .any(|root| Path::new(root).join(rel).is_dir())
+}
+
+impl Audit<'_> {
+    /// Adds `pid` to the audit: its facts, and in chosen mode its own probes.
+    fn add(&mut self, pid: u32, at_start: bool) -> Result<()> {
+        if self.procs.contains_key(&pid) || pid == std::process::id() {
+            return Ok(());
+        }
+        let Ok(p) = target::check_pid(pid) else {
+            return Ok(()); // a kernel thread or a process gone meanwhile
+        };
+        let libs = self.libs_of(pid);
+        if matches!(self.cfg.selection, Selection::Chosen { .. }) {
+            if libs.is_empty() {
+                if at_start && self.cfg.selection_has_pid(pid) {
+                    return Err(Error::NoAllocator { pid, comm: p.comm });
+                }
+                return Ok(());
+            }
+            let owned: Vec<AllocatorLib> = libs.iter().map(|(_, l)| l.clone()).collect();
+            self.session.track(pid, &p.comm, &owned)?;
+        }
+        for (key, lib) in &libs {
+            self.libs
+                .entry(*key)
+                .or_insert_with(|| LibInfo {
+                    path: lib.path.display().to_string(),
+                    processes: 0,
+                })
+                .processes += 1;
+        }
+        let snap = procinfo::snapshot(pid);
+        self.procs.insert(
+            pid,
+            ProcInfo {
+                comm: p.comm,
+                exe: snap.exe,
+                cmdline: snap.cmdline.unwrap_or_default(),
+                history: History::new(3600),
+                exited: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// The allocator libraries `pid` maps, keyed by (device, inode), inspected once each.
+    fn libs_of(&mut self, pid: u32) -> Vec<((u64, u64), AllocatorLib)> {
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+            return Vec::new();
+        };
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for line in maps.lines() {
+            let mut it = line.split_whitespace();
+            let perms = it.nth(1).unwrap_or("");
+            let path: String = it.skip(3).collect::<Vec<_>>().join(" ");
+            if !perms.contains('x') || !path.starts_with('/') || path.ends_with("(deleted)") {
+                continue;
+            }
+            let open = PathBuf::from(format!("/proc/{pid}/root{path}"));
+            let Ok(meta) = std::fs::metadata(&open) else { continue };
+            let key = (meta.dev(), meta.ino());
+            if !seen.insert(key) {
+                continue;
+            }
+            let lib = self
+                .inspected
+                .entry(key)
+                .or_insert_with(|| allocator::inspect_elf(Path::new(&path), &open).ok().flatten());
+            if let Some(lib) = lib {
+                out.push((key, lib.clone()));
+            }
+        }
+        out
+    }
+
+    /// `--all`: probes every allocator library any process maps that is not probed yet.
+    fn rescan_all(&mut self) {
+        let me = std::process::id();
+        for pid in all_pids().into_iter().filter(|&p| p != me) {
+            if !self.procs.contains_key(&pid) {
+                let _ = self.add(pid, false);
+            }
+        }
+        let keys: Vec<(u64, u64)> = self.libs.keys().copied().collect();
+        for key in keys {
+            if self.session.probes.is_probed(key) {
+                continue;
+            }
+            let Some(Some(lib)) = self.inspected.get(&key).cloned() else { continue };
+            match self.session.probes.attach_allocator_all(&lib) {
+                Ok(_) => self.session.probes.mark_probed(key),
+                Err(e) => eprintln!("leaktrace: warning: {e}"),
+            }
+        }
+    }
+
+    fn attach_pending(&mut self) {
+        let pids: Vec<u32> = self.pending.keys().copied().collect();
+        for pid in pids {
+            let since = self.pending[&pid];
+            let before = self.procs.len();
+            let _ = self.add(pid, false);
+            if self.procs.len() > before || since.elapsed() > Duration::from_secs(2) {
+                self.pending.remove(&pid);
+            }
+        }
+    }
+
+    fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) {
+        while let Some(w) = self.session.drain(ring) {
+            if let Watch::Exec { pid, comm } = w
+                && let Selection::Chosen { comms, cgroups, .. } = &self.cfg.selection
+            {
+                let wanted = comms.iter().any(|n| comm_matches(n, &comm))
+                    || cgroups.iter().any(|c| in_cgroup(pid, c));
+                if wanted {
+                    self.pending.insert(pid, Instant::now());
+                }
+            }
+        }
+        for e in self.session.agg.take_exited() {
+            if let Some(p) = self.procs.get_mut(&e.pid.0) {
+                p.exited = true;
+            }
+            self.exited.push(e);
+        }
+    }
+
+    /// Once a second: RSS of every audited process still alive.
+    fn sample(&mut self) {
+        let t_ms = self.start.elapsed().as_millis() as u64;
+        for (pid, p) in self.procs.iter_mut().filter(|(_, p)| !p.exited) {
+            match procinfo::rss_bytes(*pid) {
+                Some(rss) => p.history.push(Sample { t_ms, rss_bytes: rss }),
+                None => p.exited = true,
+            }
+        }
+        let gone = self.session.reap_vanished(now_ns());
+        for pid in gone {
+            if let Some(p) = self.procs.get_mut(&pid.0) {
+                p.exited = true;
+            }
+        }
+    }
+
+    fn report(&mut self, baseline: Option<&report::Baseline>) -> report::AuditReport {
+        let elapsed = self.start.elapsed();
+        let now = now_ns();
+        let mut exited: HashMap<u32, crate::aggregate::ExitedProcess> = self
+            .session
+            .agg
+            .take_exited()
+            .into_iter()
+            .chain(std::mem::take(&mut self.exited))
+            .map(|e| (e.pid.0, e))
+            .collect();
+        let mut inputs = Vec::new();
+        for (pid, info) in &self.procs {
+            let (stacks, stats) = match exited.remove(pid) {
+                Some(e) => (e.stacks, e.stats),
+                None => (
+                    self.session.agg.survivors(Pid(*pid), now),
+                    self.session.agg.stats(Pid(*pid)).unwrap_or_default(),
+                ),
+            };
+            inputs.push(report::ProcInput {
+                pid: *pid,
+                info: info.clone(),
+                stacks,
+                stats,
+            });
+        }
+        let counters = self.session.counters();
+        report::build(report::BuildInput {
+            procs: inputs,
+            session: &mut self.session,
+            elapsed,
+            min_age: self.cfg.min_age,
+            top: self.cfg.top,
+            libs: self.libs.values().cloned().collect(),
+            counters,
+            baseline,
+            baseline_file: self.cfg.baseline.clone(),
+            time: SystemTime::now(),
+        })
+    }
+}
+
+impl AuditConfig {
+    fn selection_has_pid(&self, pid: u32) -> bool {
+        matches!(&self.selection, Selection::Chosen { pids, .. } if pids.contains(&pid))
+    }
+}

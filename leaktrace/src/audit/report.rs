@@ -1,0 +1,328 @@
+//! The audit report: ranking by leak rate, per-process RSS trend and top stacks, the audit's own
+//! cost, and growth against a baseline audit (tracemalloc's `compare_to`, across days: processes
+//! are matched by executable and command line since PIDs change, stacks by their frames'
+//! functions).
+use std::{
+    collections::HashMap,
+    io::Write,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use serde::Serialize;
+
+use super::{LibInfo, ProcInfo};
+use crate::{
+    aggregate::{ProcStats, StackSummary},
+    error::{Error, Result},
+    probes::Counters,
+    report::{StackReport, human_bytes, stack_reports, text},
+    session::Session,
+    trend::{self, Trend, TrendClass},
+    units,
+};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BaselineDelta {
+    pub matched_pid: u64,
+    pub outstanding_bytes_delta: i64,
+    pub leak_rate_delta_bytes_per_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditStack {
+    #[serde(flatten)]
+    pub stack: StackReport,
+    /// Growth of this stack's surviving bytes since the baseline (null: not in the baseline).
+    pub baseline_delta_bytes: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditProcess {
+    pub rank: usize,
+    pub pid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+    pub cmdline: Vec<String>,
+    pub exited: bool,
+    /// Surviving bytes older than min-age at the end, per second of the window in which they
+    /// could have been allocated (duration − min-age).
+    pub leak_rate_bytes_per_s: f64,
+    pub leaked_bytes: u64,
+    pub leaked_count: u64,
+    pub outstanding_bytes: u64,
+    pub outstanding_count: u64,
+    pub allocations: u64,
+    pub frees: u64,
+    pub rss_trend: TrendClass,
+    pub rss_slope_bytes_per_s: f64,
+    pub rss: Trend,
+    pub stacks: Vec<AuditStack>,
+    pub baseline: Option<BaselineDelta>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Library {
+    pub path: String,
+    pub processes: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditReport {
+    pub time: String,
+    pub duration_s: f64,
+    pub min_age_ms: u64,
+    pub processes: Vec<AuditProcess>,
+    pub libraries: Vec<Library>,
+    pub lost_events: u64,
+    pub stack_errors: u64,
+    pub probe_hits: u64,
+    pub events: u64,
+    pub cpu_time_ms: u64,
+    pub baseline_file: Option<PathBuf>,
+}
+
+pub struct ProcInput {
+    pub pid: u32,
+    pub info: ProcInfo,
+    pub stacks: Vec<StackSummary>,
+    pub stats: ProcStats,
+}
+
+pub struct BuildInput<'a> {
+    pub procs: Vec<ProcInput>,
+    pub session: &'a mut Session,
+    pub elapsed: Duration,
+    pub min_age: Duration,
+    pub top: usize,
+    pub libs: Vec<LibInfo>,
+    pub counters: Counters,
+    pub baseline: Option<&'a Baseline>,
+    pub baseline_file: Option<PathBuf>,
+    pub time: SystemTime,
+}
+
+pub fn build(b: BuildInput<'_>) -> AuditReport {
+    let window = (b.elapsed.saturating_sub(b.min_age)).as_secs_f64().max(1e-3);
+    let mut processes: Vec<AuditProcess> = b
+        .procs
+        .into_iter()
+        .map(|p| {
+            let leaked_bytes: u64 = p.stacks.iter().map(|s| s.bytes).sum();
+            let rss = trend::classify(&p.info.history.samples());
+            let stacks = stack_reports(p.pid, &p.stacks, b.top, &mut b.session.sym, &b.session.stacks)
+                .into_iter()
+                .map(|stack| AuditStack {
+                    stack,
+                    baseline_delta_bytes: None,
+                })
+                .collect();
+            AuditProcess {
+                rank: 0,
+                pid: p.pid,
+                comm: p.info.comm,
+                exe: p.info.exe,
+                cmdline: p.info.cmdline,
+                exited: p.info.exited,
+                leak_rate_bytes_per_s: leaked_bytes as f64 / window,
+                leaked_bytes,
+                leaked_count: p.stacks.iter().map(|s| s.count).sum(),
+                outstanding_bytes: p.stats.outstanding_bytes,
+                outstanding_count: p.stats.outstanding_count,
+                allocations: p.stats.allocs,
+                frees: p.stats.frees,
+                rss_trend: rss.class,
+                rss_slope_bytes_per_s: rss.slope_bytes_per_s,
+                rss,
+                stacks,
+                baseline: None,
+            }
+        })
+        .collect();
+    processes.sort_by(|a, b| {
+        b.leak_rate_bytes_per_s
+            .total_cmp(&a.leak_rate_bytes_per_s)
+            .then(b.outstanding_bytes.cmp(&a.outstanding_bytes))
+            .then(a.pid.cmp(&b.pid))
+    });
+    for (i, p) in processes.iter_mut().enumerate() {
+        p.rank = i + 1;
+        if let Some(base) = b.baseline {
+            base.compare(p);
+        }
+    }
+    let mut libraries: Vec<Library> = b
+        .libs
+        .into_iter()
+        .map(|l| Library {
+            path: l.path,
+            processes: l.processes,
+        })
+        .collect();
+    libraries.sort_by(|a, b| a.path.cmp(&b.path));
+    AuditReport {
+        time: units::utc_timestamp(b.time).0,
+        duration_s: b.elapsed.as_secs_f64(),
+        min_age_ms: b.min_age.as_millis() as u64,
+        processes,
+        libraries,
+        lost_events: b.counters.lost,
+        stack_errors: b.counters.stack_errors,
+        probe_hits: b.counters.hits,
+        events: b.session.agg.events,
+        cpu_time_ms: own_cpu_time().as_millis() as u64,
+        baseline_file: b.baseline_file,
+    }
+}
+
+fn own_cpu_time() -> Duration {
+    // SAFETY: getrusage fills the struct we pass.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// A stack's identity across runs: its functions (addresses change with ASLR).
+fn signature(frames: &[crate::report::Frame]) -> String {
+    frames
+        .iter()
+        .map(|f| f.function.clone().unwrap_or_else(|| f.module.clone().unwrap_or_default()))
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+/// An earlier audit, indexed for matching.
+pub struct Baseline {
+    procs: HashMap<(String, Vec<String>), BaseProc>,
+}
+
+struct BaseProc {
+    pid: u64,
+    outstanding_bytes: u64,
+    leak_rate: f64,
+    stacks: HashMap<String, u64>,
+}
+
+/// Reads an earlier audit's JSON; anything else is refused with a clear message.
+pub fn load_baseline(path: &Path) -> Result<Baseline> {
+    let bad = |why: String| Error::Usage(format!("--baseline {}: {why}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not JSON ({e})")))?;
+    let (Some(procs), true) = (v["processes"].as_array(), v["duration_s"].is_number()) else {
+        return Err(bad(
+            "not an audit report (no duration_s and processes[]): give a file written by \
+             `leaktrace audit --format json`"
+                .into(),
+        ));
+    };
+    let mut out = HashMap::new();
+    for p in procs {
+        let exe = p["exe"].as_str().unwrap_or_default().to_string();
+        let cmdline: Vec<String> = p["cmdline"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+            .unwrap_or_default();
+        let mut stacks = HashMap::new();
+        for s in p["stacks"].as_array().into_iter().flatten() {
+            let frames: Vec<crate::report::Frame> =
+                serde_json::from_value(s["frames"].clone()).unwrap_or_default();
+            stacks.insert(signature(&frames), s["bytes"].as_u64().unwrap_or(0));
+        }
+        out.insert(
+            (exe, cmdline),
+            BaseProc {
+                pid: p["pid"].as_u64().unwrap_or(0),
+                outstanding_bytes: p["outstanding_bytes"].as_u64().unwrap_or(0),
+                leak_rate: p["leak_rate_bytes_per_s"].as_f64().unwrap_or(0.0),
+                stacks,
+            },
+        );
+    }
+    Ok(Baseline { procs: out })
+}
+
+impl Baseline {
+    fn compare(&self, p: &mut AuditProcess) {
+        let key = (p.exe.clone().unwrap_or_default(), p.cmdline.clone());
+        let Some(b) = self.procs.get(&key) else { return };
+        p.baseline = Some(BaselineDelta {
+            matched_pid: b.pid,
+            outstanding_bytes_delta: p.outstanding_bytes as i64 - b.outstanding_bytes as i64,
+            leak_rate_delta_bytes_per_s: p.leak_rate_bytes_per_s - b.leak_rate,
+        });
+        for s in &mut p.stacks {
+            s.baseline_delta_bytes = b
+                .stacks
+                .get(&signature(&s.stack.frames))
+                .map(|old| s.stack.bytes as i64 - *old as i64);
+        }
+    }
+}
+
+fn rate(r: f64) -> String {
+    format!("{}/s", human_bytes(r.max(0.0) as u64))
+}
+
+/// How many processes the text shows (JSON has them all).
+const TEXT_PROCESSES: usize = 20;
+
+pub fn render_text(r: &AuditReport, fail_above: Option<f64>, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "leaktrace audit at {}: {} processes over {:.1}s, min age {:.1}s",
+        r.time,
+        r.processes.len(),
+        r.duration_s,
+        r.min_age_ms as f64 / 1000.0
+    )?;
+    writeln!(
+        out,
+        "cost: {} probe hits, {} events, {} lost, {} stack errors, {} ms CPU",
+        r.probe_hits, r.events, r.lost_events, r.stack_errors, r.cpu_time_ms
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:>4} {:>8}  {:<16} {:>12} {:>12}  rss trend",
+        "rank", "pid", "comm", "leak rate", "outstanding"
+    )?;
+    for p in r.processes.iter().take(TEXT_PROCESSES) {
+        let flag = if fail_above.is_some_and(|l| p.leak_rate_bytes_per_s > l) { " !" } else { "" };
+        let base = p
+            .baseline
+            .as_ref()
+            .map(|b| format!(", {:+} B since baseline", b.outstanding_bytes_delta))
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "{:>4} {:>8}  {:<16} {:>12} {:>12}  {:?} ({}){}{}{}",
+            p.rank,
+            p.pid,
+            p.comm,
+            rate(p.leak_rate_bytes_per_s),
+            human_bytes(p.outstanding_bytes),
+            p.rss_trend,
+            if p.rss_slope_bytes_per_s >= 0.0 {
+                format!("+{}", rate(p.rss_slope_bytes_per_s))
+            } else {
+                format!("-{}", rate(-p.rss_slope_bytes_per_s))
+            },
+            if p.exited { ", exited" } else { "" },
+            base,
+            flag
+        )?;
+    }
+    if r.processes.len() > TEXT_PROCESSES {
+        writeln!(out, "  ... {} more in --format json", r.processes.len() - TEXT_PROCESSES)?;
+    }
+    for p in r.processes.iter().filter(|p| p.leaked_bytes > 0).take(3) {
+        writeln!(out)?;
+        writeln!(out, "{} ({}): leaking stacks", p.comm, p.pid)?;
+        for (i, s) in p.stacks.iter().enumerate() {
+            text::stack(out, i + 1, &s.stack)?;
+        }
+    }
+    Ok(())
+}
