@@ -68,6 +68,17 @@ struct ProcState {
     heap: HashMap<u64, Block>,
     maps: BTreeMap<u64, Region>,
     stats: ProcStats,
+    /// Every allocation seen per (stack, kind), freed or not: pprof's alloc_objects/alloc_space.
+    totals: HashMap<(StackId, BlockKind), (u64, u64)>,
+}
+
+/// All allocations one stack made since attach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackTotal {
+    pub stack: StackId,
+    pub kind: BlockKind,
+    pub alloc_count: u64,
+    pub alloc_bytes: u64,
 }
 
 /// Survivors of one (stack, kind) at a given moment.
@@ -87,6 +98,7 @@ pub struct StackSummary {
 pub struct ExitedProcess {
     pub pid: Pid,
     pub stacks: Vec<StackSummary>,
+    pub totals: Vec<StackTotal>,
     pub stats: ProcStats,
 }
 
@@ -209,6 +221,7 @@ impl Aggregator {
             self.exited.push(ExitedProcess {
                 pid,
                 stacks,
+                totals: p.stack_totals(),
                 stats: p.stats,
             });
         }
@@ -217,6 +230,11 @@ impl Aggregator {
     /// Processes that exited since the last call, each reported once.
     pub fn take_exited(&mut self) -> Vec<ExitedProcess> {
         std::mem::take(&mut self.exited)
+    }
+
+    /// Every stack of `pid` that allocated since attach, with its totals.
+    pub fn stack_totals(&self, pid: Pid) -> Vec<StackTotal> {
+        self.procs.get(&pid).map(|p| p.stack_totals()).unwrap_or_default()
     }
 
     /// Survivors of `pid` older than min-age at `now_ns`, largest first.
@@ -234,6 +252,9 @@ impl ProcState {
             return;
         }
         self.stats.allocs += 1;
+        let t = self.totals.entry((stack, BlockKind::Heap)).or_default();
+        t.0 += 1;
+        t.1 += size;
         let b = Block { size, ts_ns, stack };
         match self.heap.entry(addr) {
             Entry::Occupied(mut o) => {
@@ -269,6 +290,9 @@ impl ProcState {
             return;
         }
         self.stats.allocs += 1;
+        let t = self.totals.entry((r.stack, BlockKind::Mmap)).or_default();
+        t.0 += 1;
+        t.1 += r.len;
         self.stats.outstanding_count += 1;
         self.stats.outstanding_bytes += r.len;
         self.maps.insert(addr, r);
@@ -310,6 +334,21 @@ impl ProcState {
         self.stats.outstanding_count += 1;
         self.stats.outstanding_bytes += len;
         self.maps.insert(addr, Region { len, ..r });
+    }
+
+    fn stack_totals(&self) -> Vec<StackTotal> {
+        let mut v: Vec<StackTotal> = self
+            .totals
+            .iter()
+            .map(|(&(stack, kind), &(alloc_count, alloc_bytes))| StackTotal {
+                stack,
+                kind,
+                alloc_count,
+                alloc_bytes,
+            })
+            .collect();
+        v.sort_by(|a, b| b.alloc_bytes.cmp(&a.alloc_bytes).then(a.stack.cmp(&b.stack)));
+        v
     }
 
     fn survivors(&self, now_ns: u64, min_age: Duration) -> Vec<StackSummary> {
@@ -477,6 +516,20 @@ mod tests {
         // Later events of the dead pid are foreign, not a new process.
         a.apply(&ev(EventKind::Alloc, 0x2000, 10, 0, 21), StackId(1));
         assert_eq!(a.foreign_events, 1);
+    }
+
+    #[test]
+    fn totals_count_every_allocation_freed_or_not() {
+        let mut a = agg();
+        a.apply(&ev(EventKind::Alloc, 0x1000, 100, 0, 1), StackId(7));
+        a.apply(&ev(EventKind::Free, 0x1000, 0, 0, 2), StackId(-1));
+        a.apply(&ev(EventKind::Alloc, 0x1000, 50, 0, 3), StackId(7));
+        a.apply(&ev(EventKind::Mmap, 0x10000, PAGE, 0, 3), StackId(8));
+        let t = a.stack_totals(Pid(P));
+        assert_eq!(t.len(), 2);
+        // Largest first: the page-sized mapping, then the two heap blocks.
+        assert_eq!((t[0].kind, t[0].alloc_count, t[0].alloc_bytes), (BlockKind::Mmap, 1, PAGE));
+        assert_eq!((t[1].stack, t[1].alloc_count, t[1].alloc_bytes), (StackId(7), 2, 150));
     }
 
     #[test]

@@ -99,6 +99,7 @@ impl TryFrom<AuditArgs> for AuditConfig {
 
     fn try_from(a: AuditArgs) -> Result<Self, Error> {
         check_ring_size(a.ring_size)?;
+        check_output(a.format, &a.output)?;
         let duration =
             parse_duration(&a.duration).map_err(|e| Error::Usage(format!("--duration: {e}")))?;
         if duration.is_zero() {
@@ -170,7 +171,8 @@ pub struct OomArgs {
     /// limit, once per crossing.
     #[arg(long, value_name = "PERCENT")]
     pub snapshot_memcg: Option<String>,
-    /// Format of the one line printed on stdout per report.
+    /// Format of the one line printed on stdout per report (json: a JSON object; pprof, folded,
+    /// svg: also write the victim's stacks as NAME.pb.gz, .folded or .svg beside the report).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
     /// Ring buffer size in bytes (power of two).
@@ -236,6 +238,28 @@ fn check_ring_size(ring_size: u32) -> Result<(), Error> {
 pub enum Format {
     Text,
     Json,
+    /// gzip-compressed profile.proto (`go tool pprof`), Go heap-profile sample types.
+    Pprof,
+    /// One line per stack, frames root-first joined by `;`, weighted by surviving bytes.
+    Folded,
+    /// A flame graph (inferno).
+    Svg,
+}
+
+impl Format {
+    /// Binary or markup formats that make no sense on a terminal.
+    pub fn needs_file(self) -> bool {
+        matches!(self, Format::Pprof | Format::Svg)
+    }
+}
+
+/// How top views group stacks, as pprof's `top` groups by function or line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupBy {
+    Stack,
+    Function,
+    Line,
 }
 
 #[derive(Debug, clap::Args)]
@@ -255,12 +279,16 @@ pub struct TraceArgs {
     /// Stacks to show per process.
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub top: usize,
-    /// Report format. JSON prints one document per report, one per line.
+    /// Report format. JSON prints one document per report, one per line; pprof and svg need -o
+    /// (with --interval the file is replaced by each report).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
     /// Write reports to FILE instead of stdout.
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Group the top view by stack, by allocating function or by source line.
+    #[arg(long, value_enum, default_value_t = GroupBy::Stack)]
+    pub group_by: GroupBy,
     /// Ring buffer size in bytes (power of two, multiple of the page size).
     #[arg(long, default_value_t = 8 << 20, value_name = "BYTES")]
     pub ring_size: u32,
@@ -285,7 +313,21 @@ pub struct TraceConfig {
     pub top: usize,
     pub format: Format,
     pub output: Option<PathBuf>,
+    pub group_by: GroupBy,
     pub ring_size: u32,
+}
+
+/// pprof and SVG are not for a terminal.
+fn check_output(format: Format, output: &Option<PathBuf>) -> Result<(), Error> {
+    use std::io::IsTerminal;
+    if format.needs_file() && output.is_none() && std::io::stdout().is_terminal() {
+        let ext = if format == Format::Svg { "svg" } else { "pb.gz" };
+        return Err(Error::Usage(format!(
+            "--format {}: this is not for a terminal; write it to a file with -o report.{ext}",
+            if format == Format::Svg { "svg" } else { "pprof" }
+        )));
+    }
+    Ok(())
 }
 
 impl TryFrom<TraceArgs> for TraceConfig {
@@ -323,6 +365,7 @@ impl TryFrom<TraceArgs> for TraceConfig {
         };
         let ring_size = a.ring_size;
         check_ring_size(ring_size)?;
+        check_output(a.format, &a.output)?;
         Ok(TraceConfig {
             target,
             min_age: parse_duration(&a.min_age)
@@ -332,6 +375,7 @@ impl TryFrom<TraceArgs> for TraceConfig {
             top: a.top,
             format: a.format,
             output: a.output,
+            group_by: a.group_by,
             ring_size,
         })
     }

@@ -60,6 +60,7 @@ impl Error {
             | Error::NotRoot
             | Error::MissingKernelFeature { .. }
             | Error::Spawn { .. }
+            | Error::Allocator(_)
             | Error::Output { .. } => EXIT_USAGE,
             _ => EXIT_FAILURE,
         }

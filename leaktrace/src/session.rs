@@ -96,7 +96,9 @@ impl Session {
                 }
                 _ => {}
             }
-            let frames = &self.frames[..d.frames];
+            // A zero return address ends a frame-pointer chain; what follows it is not a frame.
+            let n = self.frames[..d.frames].iter().position(|&a| a == 0).unwrap_or(d.frames);
+            let frames = &self.frames[..n];
             let (stack, new) = self.stacks.intern(frames);
             if new {
                 // A new stack may lie in a library loaded since attach: refresh the process's

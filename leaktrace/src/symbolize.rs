@@ -6,12 +6,12 @@ use std::{
     collections::HashMap,
     fs::File,
     io::{Read, Seek, SeekFrom},
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 
 use blazesym::symbolize::{Input, Symbolized, Symbolizer as Blaze, source::Elf, source::Source};
 
-use crate::report::Frame;
+use crate::report::{Frame, MappingReport};
 
 #[derive(Debug, Clone)]
 struct Mapping {
@@ -33,6 +33,7 @@ struct ProcSyms {
 pub struct Symbolizer {
     blaze: Blaze,
     procs: HashMap<u32, ProcSyms>,
+    build_ids: HashMap<String, Option<String>>,
 }
 
 impl Default for Symbolizer {
@@ -46,6 +47,7 @@ impl Symbolizer {
         Self {
             blaze: Blaze::new(),
             procs: HashMap::new(),
+            build_ids: HashMap::new(),
         }
     }
 
@@ -68,6 +70,27 @@ impl Symbolizer {
         if !known {
             self.track(pid);
         }
+    }
+
+    /// The executable mappings of `pid` with their build IDs (read once per file).
+    pub fn mappings(&mut self, pid: u32) -> Vec<MappingReport> {
+        let maps = self.procs.get(&pid).map(|p| p.maps.clone()).unwrap_or_default();
+        maps.iter()
+            .map(|m| {
+                let build_id = self
+                    .build_ids
+                    .entry(m.path.clone())
+                    .or_insert_with(|| build_id(&m.open).or_else(|| build_id(Path::new(&m.path))))
+                    .clone();
+                MappingReport {
+                    start: m.start,
+                    end: m.end,
+                    offset: m.offset,
+                    path: m.path.clone(),
+                    build_id,
+                }
+            })
+            .collect()
     }
 
     /// Forgets a process (after its last report).
@@ -162,6 +185,16 @@ impl Symbolizer {
     }
 }
 
+/// The GNU build ID of an ELF file, hex.
+fn build_id(path: &Path) -> Option<String> {
+    use object::{Object, read::ReadCache};
+    let file = File::open(path).ok()?;
+    let cache = ReadCache::new(file);
+    let elf = object::File::parse(&cache).ok()?;
+    let id = elf.build_id().ok()??;
+    Some(id.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 fn find(maps: &[Mapping], addr: u64) -> Option<&Mapping> {
     maps.iter().find(|m| m.start <= addr && addr < m.end)
 }
@@ -245,6 +278,15 @@ mod tests {
         let f = s.symbolize(std::process::id(), 0x10);
         assert_eq!(f[0].address, "0x10");
         assert!(f[0].function.is_none());
+    }
+
+    #[test]
+    fn mappings_carry_build_ids() {
+        let mut s = Symbolizer::new();
+        s.track(std::process::id());
+        let maps = s.mappings(std::process::id());
+        let libc = maps.iter().find(|m| m.path.contains("libc.so")).expect("libc mapped");
+        assert_eq!(libc.build_id.as_ref().map(|b| b.len()), Some(40), "{libc:?}");
     }
 
     #[test]

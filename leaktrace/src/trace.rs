@@ -34,13 +34,60 @@ struct Held {
     release: std::fs::File,
 }
 
+/// What the launched child did since the last look.
+enum ChildState {
+    Running,
+    /// Stopped at exit with its memory still mapped: snapshot now, then `resume`.
+    Exiting,
+    Exited,
+}
+
 impl Held {
-    /// Whether the child has exited (and is now reaped).
-    fn exited(pid: u32) -> bool {
+    /// Seizes the child (before it execs) so that it stops at exit before its memory goes: a
+    /// command that runs for a few milliseconds can otherwise be gone, maps and all, before the
+    /// first drain, and its stacks could not be symbolized. Only the exit is traced.
+    fn seize(pid: u32) -> bool {
+        // SAFETY: ptrace on our own child; no memory is passed.
+        unsafe {
+            libc::ptrace(
+                libc::PTRACE_SEIZE,
+                pid as libc::pid_t,
+                std::ptr::null_mut::<libc::c_void>(),
+                libc::PTRACE_O_TRACEEXIT as usize as *mut libc::c_void,
+            ) == 0
+        }
+    }
+
+    fn poll(pid: u32) -> ChildState {
         let mut status = 0;
-        // SAFETY: plain waitpid on our own child.
-        let r = unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) };
-        r == pid as i32 || r < 0
+        // SAFETY: waitpid on our own child.
+        let r = unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG | libc::__WALL) };
+        if r == 0 {
+            return ChildState::Running;
+        }
+        if r < 0 || libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+            return ChildState::Exited;
+        }
+        if libc::WIFSTOPPED(status) && status >> 8 == (libc::SIGTRAP | (libc::PTRACE_EVENT_EXIT << 8)) {
+            return ChildState::Exiting;
+        }
+        // Any other stop is a signal on its way to the child: pass it on (a group-stop's
+        // SIGSTOP included; the child then stops as it would untraced).
+        let sig = if libc::WIFSTOPPED(status) && status >> 16 == 0 { libc::WSTOPSIG(status) } else { 0 };
+        Self::resume(pid, sig);
+        ChildState::Running
+    }
+
+    fn resume(pid: u32, sig: i32) {
+        // SAFETY: ptrace on our own stopped child.
+        unsafe {
+            libc::ptrace(
+                libc::PTRACE_CONT,
+                pid as libc::pid_t,
+                std::ptr::null_mut::<libc::c_void>(),
+                sig as usize as *mut libc::c_void,
+            );
+        }
     }
 }
 
@@ -60,7 +107,7 @@ pub async fn run(cfg: TraceConfig) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     target::check_environment()?;
-    let mut out = open_output(&cfg)?;
+    let mut out = Output::open(&cfg)?;
 
     // Targets and their allocators, all checked before anything is loaded.
     let mut plan: Vec<(u32, String, Vec<AllocatorLib>)> = Vec::new();
@@ -102,6 +149,7 @@ pub async fn run(cfg: TraceConfig) -> Result<()> {
 
     let mut state = Loop {
         session,
+        growth: report::GrowthTracker::default(),
         cfg: &cfg,
         start: Instant::now(),
         status: std::io::stderr().is_terminal(),
@@ -123,11 +171,22 @@ pub async fn run(cfg: TraceConfig) -> Result<()> {
             }
             _ = drain_tick.tick() => {
                 state.drain(ring.get_mut());
-                if let Some(pid) = child.filter(|p| Held::exited(*p)) {
-                    // Its exit event is in the ring before the parent can reap it.
-                    state.drain(ring.get_mut());
-                    state.session.agg.exit(Pid(pid), now_ns());
-                    child = None;
+                if let Some(pid) = child {
+                    match Held::poll(pid) {
+                        ChildState::Running => {}
+                        ChildState::Exiting => {
+                            // Its last stacks are in the ring; its maps are still there.
+                            state.drain(ring.get_mut());
+                            state.session.sym.track(pid);
+                            Held::resume(pid, 0);
+                        }
+                        ChildState::Exited => {
+                            // Its exit event is in the ring before the parent can reap it.
+                            state.drain(ring.get_mut());
+                            state.session.agg.exit(Pid(pid), now_ns());
+                            child = None;
+                        }
+                    }
                 }
             }
             _ = status_tick.tick() => {
@@ -151,10 +210,20 @@ pub async fn run(cfg: TraceConfig) -> Result<()> {
     if let Some(pid) = child {
         // Leaving before the command ended (--duration, a signal): it is not left running
         // unwatched, as `perf record -- cmd` does not either.
-        // SAFETY: signalling and reaping our own child.
-        unsafe {
-            libc::kill(pid as i32, libc::SIGTERM);
-            libc::waitpid(pid as i32, std::ptr::null_mut(), 0);
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        // Its trace-stops (the SIGTERM itself, then its exit) are let through until it is gone.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match Held::poll(pid) {
+                ChildState::Exited => break,
+                ChildState::Exiting => Held::resume(pid, 0),
+                ChildState::Running if Instant::now() > deadline => {
+                    // SAFETY: as above; it ignored SIGTERM.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                }
+                ChildState::Running => std::thread::sleep(Duration::from_millis(5)),
+            }
         }
     }
     let r = state.report(true);
@@ -167,6 +236,7 @@ const FOREVER: Duration = Duration::from_secs(3600 * 24 * 365 * 10);
 
 struct Loop<'a> {
     session: Session,
+    growth: report::GrowthTracker,
     cfg: &'a TraceConfig,
     start: Instant,
     status: bool,
@@ -205,21 +275,22 @@ impl Loop<'_> {
             min_age: self.cfg.min_age,
             top: self.cfg.top,
             is_final,
+            group_by: self.cfg.group_by,
+            for_pprof: self.cfg.format == Format::Pprof,
         };
-        report::build(&mut s.agg, &mut s.sym, &ctx, now_ns())
+        let mut r = report::build(&mut s.agg, &mut s.sym, &ctx, now_ns());
+        if self.cfg.interval.is_some() {
+            self.growth.apply(&mut r);
+        }
+        r
     }
 
     /// Writes a report; false when the reader went away (`| head`), which ends quietly.
-    fn emit(&mut self, r: &Report, out: &mut Box<dyn Write>) -> Result<bool> {
+    fn emit(&mut self, r: &Report, out: &mut Output) -> Result<bool> {
         if self.status {
             eprint!("\r\x1b[K");
         }
-        let res = match self.cfg.format {
-            Format::Text => report::text::render(r, out),
-            Format::Json => report::json::render(r, out),
-        }
-        .and_then(|_| out.flush());
-        match res {
+        match out.write(self.cfg.format, r) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
             Err(e) => Err(Error::Output {
@@ -234,16 +305,52 @@ impl Loop<'_> {
     }
 }
 
-fn open_output(cfg: &TraceConfig) -> Result<Box<dyn Write>> {
-    Ok(match &cfg.output {
-        Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path).map_err(|source| Error::Output {
-                path: path.clone(),
-                source,
-            })?,
-        )),
-        None => Box::new(std::io::stdout()),
-    })
+/// Where reports go. Text, JSON and folded reports are appended; a pprof profile or an SVG is a
+/// whole document, so with -o each report replaces the file (atomically).
+enum Output {
+    Stdout,
+    Append(std::io::BufWriter<std::fs::File>),
+    Replace(std::path::PathBuf),
+}
+
+impl Output {
+    fn open(cfg: &TraceConfig) -> Result<Self> {
+        let Some(path) = &cfg.output else {
+            return Ok(Output::Stdout);
+        };
+        let err = |source| Error::Output {
+            path: path.clone(),
+            source,
+        };
+        let file = std::fs::File::create(path).map_err(err)?;
+        Ok(if cfg.format.needs_file() {
+            Output::Replace(path.clone())
+        } else {
+            Output::Append(std::io::BufWriter::new(file))
+        })
+    }
+
+    fn write(&mut self, format: Format, r: &Report) -> std::io::Result<()> {
+        match self {
+            Output::Stdout => {
+                let mut o = std::io::stdout().lock();
+                report::render(format, r, &mut o)?;
+                o.flush()
+            }
+            Output::Append(w) => {
+                report::render(format, r, w)?;
+                w.flush()
+            }
+            Output::Replace(path) => {
+                let tmp = path.with_extension("tmp");
+                let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+                report::render(format, r, &mut f)?;
+                f.flush()?;
+                drop(f);
+                std::fs::rename(&tmp, path)
+            }
+        }
+    }
 }
 
 /// Starts `cmd` stopped before exec (blocked reading a pipe), so that the probes are armed before
@@ -319,6 +426,13 @@ fn launch(cmd: &[String]) -> Result<(Held, Vec<AllocatorLib>, String)> {
         pid: pid as u32,
         release,
     };
+    if !Held::seize(held.pid) {
+        eprintln!(
+            "leaktrace: warning: cannot ptrace the command ({}): if it exits within milliseconds, \
+             its stacks may stay unsymbolized",
+            std::io::Error::last_os_error()
+        );
+    }
     if libs.is_empty() {
         return Err(Error::NoAllocator { pid: held.pid, comm });
     }

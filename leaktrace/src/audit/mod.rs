@@ -158,6 +158,7 @@ pub async fn run(cfg: AuditConfig) -> Result<i32> {
             .map_err(std::io::Error::other)
             .and_then(|_| out.write_all(b"\n")),
         Format::Text => report::render_text(&r, cfg.fail_above, &mut out),
+        other => crate::report::render(other, &r.as_report(), &mut out),
     }
     .and_then(|_| out.flush());
     match res {

@@ -175,6 +175,45 @@ pub fn build(b: BuildInput<'_>) -> AuditReport {
     }
 }
 
+impl AuditReport {
+    /// The audit as the common report model, for the pprof, folded and SVG renderers.
+    pub fn as_report(&self) -> crate::report::Report {
+        let processes: Vec<crate::report::ProcessReport> = self
+            .processes
+            .iter()
+            .map(|p| crate::report::ProcessReport {
+                pid: p.pid,
+                comm: p.comm.clone(),
+                exited: p.exited,
+                leaked_bytes: p.leaked_bytes,
+                leaked_count: p.leaked_count,
+                outstanding_bytes: p.outstanding_bytes,
+                outstanding_count: p.outstanding_count,
+                allocations: p.allocations,
+                frees: p.frees,
+                stacks_total: p.stacks.len(),
+                stacks: p.stacks.iter().map(|s| s.stack.clone()).collect(),
+                mappings: Vec::new(),
+            })
+            .collect();
+        crate::report::Report {
+            report: "final",
+            time: self.time.clone(),
+            elapsed_ms: (self.duration_s * 1000.0) as u64,
+            min_age_ms: self.min_age_ms,
+            leaked_bytes: processes.iter().map(|p| p.leaked_bytes).sum(),
+            leaked_count: processes.iter().map(|p| p.leaked_count).sum(),
+            processes,
+            lost_events: self.lost_events,
+            stack_errors: self.stack_errors,
+            missed_returns: 0,
+            malformed_events: 0,
+            group_by: crate::config::GroupBy::Stack,
+            sample_rate: None,
+        }
+    }
+}
+
 fn own_cpu_time() -> Duration {
     // SAFETY: getrusage fills the struct we pass.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };

@@ -427,9 +427,11 @@ impl Watcher<'_> {
             stack_errors: counters.stack_errors,
         };
         let name = format!("{file_time}-{pid}-{}", report::safe_name(&r.victim.comm));
-        let path = report::write(&self.cfg.dir, &name, &r).map_err(|source| Error::Output {
-            path: self.cfg.dir.join(&name),
-            source,
+        let path = report::write(&self.cfg.dir, &name, &r, self.cfg.format).map_err(|source| {
+            Error::Output {
+                path: self.cfg.dir.join(&name),
+                source,
+            }
         })?;
         self.reports += 1;
         self.print_line(&r, &path);
@@ -447,7 +449,7 @@ impl Watcher<'_> {
                     "report": path,
                 })
             ),
-            Format::Text => println!(
+            _ => println!(
                 "leaktrace: {} pid {} ({}) anon-rss {} cgroup {} ({}) -> {}",
                 r.reason,
                 v.pid,

@@ -11,6 +11,7 @@ use std::{
 use serde::Serialize;
 
 use crate::{
+    config::Format,
     procinfo::{Consumer, Memcg, ProcSnapshot},
     report::{StackReport, human_bytes, text},
     trend::{Sample, Trend},
@@ -61,15 +62,62 @@ pub struct OomReport {
     pub stack_errors: u64,
 }
 
-/// Writes `DIR/NAME.json` and `DIR/NAME.txt`, each through a temporary file and a rename.
-pub fn write(dir: &Path, name: &str, r: &OomReport) -> std::io::Result<PathBuf> {
+/// Writes `DIR/NAME.json` and `DIR/NAME.txt`, each through a temporary file and a rename; with
+/// `--format pprof|folded|svg` also the victim's stacks as `NAME.pb.gz|.folded|.svg`.
+pub fn write(dir: &Path, name: &str, r: &OomReport, format: Format) -> std::io::Result<PathBuf> {
     let json = serde_json::to_vec_pretty(r).map_err(std::io::Error::other)?;
     let mut txt = Vec::new();
     render_text(r, &mut txt)?;
     let json_path = dir.join(format!("{name}.json"));
     atomic_write(&json_path, &json)?;
     atomic_write(&dir.join(format!("{name}.txt")), &txt)?;
+    let ext = match format {
+        Format::Pprof => Some("pb.gz"),
+        Format::Folded => Some("folded"),
+        Format::Svg => Some("svg"),
+        Format::Text | Format::Json => None,
+    };
+    if let Some(ext) = ext {
+        let mut buf = Vec::new();
+        crate::report::render(format, &r.as_report(), &mut buf)?;
+        atomic_write(&dir.join(format!("{name}.{ext}")), &buf)?;
+    }
     Ok(json_path)
+}
+
+impl OomReport {
+    /// The victim's stacks as the common report model, for pprof, folded and SVG.
+    pub fn as_report(&self) -> crate::report::Report {
+        let p = crate::report::ProcessReport {
+            pid: self.victim.pid,
+            comm: self.victim.comm.clone(),
+            exited: self.reason == "oom_kill",
+            leaked_bytes: self.stacks.iter().map(|s| s.bytes).sum(),
+            leaked_count: self.stacks.iter().map(|s| s.count).sum(),
+            outstanding_bytes: self.stacks.iter().map(|s| s.bytes).sum(),
+            outstanding_count: self.stacks.iter().map(|s| s.count).sum(),
+            allocations: 0,
+            frees: 0,
+            stacks_total: self.stacks.len(),
+            stacks: self.stacks.clone(),
+            mappings: Vec::new(),
+        };
+        crate::report::Report {
+            report: "final",
+            time: self.time.clone(),
+            elapsed_ms: 0,
+            min_age_ms: 0,
+            leaked_bytes: p.leaked_bytes,
+            leaked_count: p.leaked_count,
+            processes: vec![p],
+            lost_events: self.lost_events,
+            stack_errors: self.stack_errors,
+            missed_returns: 0,
+            malformed_events: 0,
+            group_by: crate::config::GroupBy::Stack,
+            sample_rate: None,
+        }
+    }
 }
 
 fn atomic_write(path: &Path, data: &[u8]) -> std::io::Result<()> {
@@ -215,12 +263,13 @@ mod tests {
             lost_events: 0,
             stack_errors: 0,
         };
-        let p = write(&dir, "n", &r).unwrap();
+        let p = write(&dir, "n", &r, Format::Folded).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
         assert_eq!(v["victim"]["pid"], 7);
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert!(dir.join("n.txt").exists());
+        assert!(dir.join("n.folded").exists());
         let leftovers: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()
             .filter_map(|e| e.ok())

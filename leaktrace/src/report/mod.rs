@@ -1,14 +1,30 @@
 //! The report model: what every output format renders. Built from the aggregator's survivors,
 //! the stack cache and the symbolizer; rendering lives in one file per format.
+pub mod folded;
 pub mod json;
+pub mod pprof;
+pub mod svg;
 pub mod text;
+
+/// Renders `r` in `format`: the one place every command goes through.
+pub fn render(format: crate::config::Format, r: &Report, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    use crate::config::Format;
+    match format {
+        Format::Text => text::render(r, out),
+        Format::Json => json::render(r, out),
+        Format::Folded => folded::render(r, out),
+        Format::Svg => svg::render(r, out),
+        Format::Pprof => Err(std::io::Error::other("pprof output is not built in yet")),
+    }
+}
 
 use std::{collections::HashMap, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    aggregate::{Aggregator, BlockKind, Pid, ProcStats, StackSummary},
+    aggregate::{Aggregator, BlockKind, Pid, ProcStats, StackSummary, StackTotal},
+    config::GroupBy,
     probes::Counters,
     stacks::StackTable,
     symbolize::Symbolizer,
@@ -34,9 +50,34 @@ pub struct StackReport {
     pub count: u64,
     pub oldest_age_ms: u64,
     /// leaktrace's id for this stack within one run; null when the kernel could not take the
-    /// stack (counted in `stack_errors`).
+    /// stack (counted in `stack_errors`), or for a group (`--group-by function|line`).
     pub stack_id: Option<u32>,
+    /// Every allocation this stack made since attach, freed or not (pprof's alloc_*).
+    pub alloc_count: u64,
+    pub alloc_bytes: u64,
+    /// With --interval: change of `bytes`/`count` since the previous report and since the first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub growth: Option<Growth>,
     pub frames: Vec<Frame>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Growth {
+    pub bytes_since_previous: i64,
+    pub count_since_previous: i64,
+    pub bytes_since_first: i64,
+    pub count_since_first: i64,
+}
+
+/// A file mapped executable by the process: what pprof's mappings need.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct MappingReport {
+    pub start: u64,
+    pub end: u64,
+    pub offset: u64,
+    pub path: String,
+    /// GNU build ID, hex.
+    pub build_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -53,15 +94,20 @@ pub struct ProcessReport {
     pub outstanding_count: u64,
     pub allocations: u64,
     pub frees: u64,
-    /// Number of distinct leaking stacks (before --top).
+    /// Number of distinct leaking stacks (or groups, with --group-by) before --top.
     pub stacks_total: usize,
     pub stacks: Vec<StackReport>,
+    /// Executable mappings (filled for pprof output only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mappings: Vec<MappingReport>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Report {
     /// "interval" or "final".
     pub report: &'static str,
+    /// When the report was made (RFC 3339, UTC).
+    pub time: String,
     pub elapsed_ms: u64,
     pub min_age_ms: u64,
     pub processes: Vec<ProcessReport>,
@@ -71,6 +117,10 @@ pub struct Report {
     pub malformed_events: u64,
     pub leaked_bytes: u64,
     pub leaked_count: u64,
+    /// "stack", "function" or "line".
+    pub group_by: GroupBy,
+    /// Byte-sampling rate (null: every allocation is traced).
+    pub sample_rate: Option<u64>,
 }
 
 /// Inputs needed to build a report besides the aggregator.
@@ -83,6 +133,9 @@ pub struct Context<'a> {
     pub min_age: Duration,
     pub top: usize,
     pub is_final: bool,
+    pub group_by: GroupBy,
+    /// Also list stacks whose blocks were all freed (pprof's alloc_* samples), and mappings.
+    pub for_pprof: bool,
 }
 
 pub fn build(
@@ -93,18 +146,22 @@ pub fn build(
 ) -> Report {
     let mut processes = Vec::new();
     for e in agg.take_exited() {
-        processes.push(process_report(e.pid, e.stats, &e.stacks, true, sym, ctx));
+        processes.push(process_report(e.pid, e.stats, &e.stacks, &e.totals, true, sym, ctx));
         sym.forget(e.pid.0);
     }
     let mut live: Vec<Pid> = agg.tracked().collect();
     live.sort();
     for pid in live {
         let stacks = agg.survivors(pid, now_ns);
+        let totals = agg.stack_totals(pid);
         let stats = agg.stats(pid).unwrap_or_default();
-        processes.push(process_report(pid, stats, &stacks, false, sym, ctx));
+        processes.push(process_report(pid, stats, &stacks, &totals, false, sym, ctx));
     }
     Report {
         report: if ctx.is_final { "final" } else { "interval" },
+        time: crate::units::utc_timestamp(std::time::SystemTime::now()).0,
+        group_by: ctx.group_by,
+        sample_rate: None,
         elapsed_ms: ctx.elapsed.as_millis() as u64,
         min_age_ms: ctx.min_age.as_millis() as u64,
         leaked_bytes: processes.iter().map(|p| p.leaked_bytes).sum(),
@@ -121,10 +178,45 @@ fn process_report(
     pid: Pid,
     stats: ProcStats,
     stacks: &[StackSummary],
+    totals: &[StackTotal],
     exited: bool,
     sym: &mut Symbolizer,
     ctx: &Context<'_>,
 ) -> ProcessReport {
+    let mut summaries = stacks.to_vec();
+    if ctx.for_pprof {
+        // Stacks whose blocks were all freed still carry alloc_* samples.
+        for t in totals {
+            if !summaries.iter().any(|s| s.stack == t.stack && s.kind == t.kind) {
+                summaries.push(StackSummary {
+                    stack: t.stack,
+                    kind: t.kind,
+                    caller: 0,
+                    count: 0,
+                    bytes: 0,
+                    oldest_age: Duration::ZERO,
+                });
+            }
+        }
+    }
+    let grouped = ctx.group_by != GroupBy::Stack;
+    // Grouping needs every stack's frames before --top applies; pprof wants them all.
+    let limit = if grouped || ctx.for_pprof { usize::MAX } else { ctx.top };
+    let mut reports = stack_reports(pid.0, &summaries, limit, sym, ctx.stacks);
+    for (r, s) in reports.iter_mut().zip(&summaries) {
+        if let Some(t) = totals.iter().find(|t| t.stack == s.stack && t.kind == s.kind) {
+            r.alloc_count = t.alloc_count;
+            r.alloc_bytes = t.alloc_bytes;
+        }
+    }
+    if grouped {
+        reports = group(reports, ctx.group_by);
+    }
+    let stacks_total = reports.iter().filter(|r| r.count > 0).count();
+    if !ctx.for_pprof {
+        reports.retain(|r| r.count > 0);
+        reports.truncate(ctx.top);
+    }
     ProcessReport {
         pid: pid.0,
         comm: ctx.comms.get(&pid.0).cloned().unwrap_or_default(),
@@ -135,8 +227,115 @@ fn process_report(
         outstanding_count: stats.outstanding_count,
         allocations: stats.allocs,
         frees: stats.frees,
-        stacks_total: stacks.len(),
-        stacks: stack_reports(pid.0, stacks, ctx.top, sym, ctx.stacks),
+        stacks_total,
+        stacks: reports,
+        mappings: if ctx.for_pprof { sym.mappings(pid.0) } else { Vec::new() },
+    }
+}
+
+/// The frame a stack is charged to in grouped views: the first one outside the C library and
+/// the dynamic loader (the code that called malloc, strdup or mmap), else the innermost.
+pub fn site_frame(frames: &[Frame]) -> Option<&Frame> {
+    let runtime = |f: &&Frame| {
+        f.module.as_deref().is_some_and(|m| {
+            let base = m.rsplit('/').next().unwrap_or(m);
+            base.starts_with("libc.so") || base.starts_with("libc-") || base.starts_with("ld-linux")
+        })
+    };
+    frames.iter().find(|f| !runtime(f)).or(frames.first())
+}
+
+/// Merges stacks that share a site function (or function and line), as pprof's `top` does.
+fn group(reports: Vec<StackReport>, by: GroupBy) -> Vec<StackReport> {
+    let mut groups: Vec<(String, StackReport)> = Vec::new();
+    for r in reports {
+        let site = site_frame(&r.frames).cloned().unwrap_or_default();
+        let name = site.function.clone().unwrap_or_else(|| site.address.clone());
+        let key = match by {
+            GroupBy::Line => format!(
+                "{name} {}:{}",
+                site.file.as_deref().unwrap_or("?"),
+                site.line.unwrap_or(0)
+            ),
+            _ => name,
+        };
+        let mut site = site;
+        if by == GroupBy::Function {
+            site.line = None;
+        }
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, g)) => {
+                g.bytes += r.bytes;
+                g.count += r.count;
+                g.alloc_bytes += r.alloc_bytes;
+                g.alloc_count += r.alloc_count;
+                g.oldest_age_ms = g.oldest_age_ms.max(r.oldest_age_ms);
+                if g.kind != r.kind {
+                    g.kind = "mixed";
+                }
+            }
+            None => groups.push((
+                key,
+                StackReport {
+                    stack_id: None,
+                    frames: vec![site],
+                    growth: None,
+                    ..r
+                },
+            )),
+        }
+    }
+    let mut out: Vec<StackReport> = groups.into_iter().map(|(_, g)| g).collect();
+    out.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(b.alloc_bytes.cmp(&a.alloc_bytes)));
+    out
+}
+
+/// Identity of a stack (or group) across reports of one run, and across runs for `diff`: its
+/// kind and the functions (or addresses) of its frames.
+pub fn signature(s: &StackReport) -> String {
+    let mut sig = String::from(s.kind);
+    for f in &s.frames {
+        sig.push(';');
+        match (&f.function, f.line) {
+            (Some(func), Some(line)) => sig.push_str(&format!("{func}:{line}")),
+            (Some(func), None) => sig.push_str(func),
+            _ => sig.push_str(f.module.as_deref().unwrap_or(&f.address)),
+        }
+    }
+    sig
+}
+
+/// Per-process stack totals remembered between interval reports.
+#[derive(Debug, Default)]
+pub struct GrowthTracker {
+    first: HashMap<(u32, String), (u64, u64)>,
+    previous: HashMap<(u32, String), (u64, u64)>,
+}
+
+impl GrowthTracker {
+    /// Fills `growth` on every stack of `r` and remembers this report's values.
+    pub fn apply(&mut self, r: &mut Report) {
+        let mut now = HashMap::new();
+        for p in &mut r.processes {
+            for s in &mut p.stacks {
+                let key = (p.pid, signature(s));
+                let delta = |base: Option<&(u64, u64)>| {
+                    let (b, c) = base.copied().unwrap_or((0, 0));
+                    (s.bytes as i64 - b as i64, s.count as i64 - c as i64)
+                };
+                let (bp, cp) = delta(self.previous.get(&key));
+                let (bf, cf) = delta(self.first.get(&key));
+                s.growth = Some(Growth {
+                    bytes_since_previous: bp,
+                    count_since_previous: cp,
+                    bytes_since_first: bf,
+                    count_since_first: cf,
+                });
+                now.insert(key.clone(), (s.bytes, s.count));
+                self.first.entry(key).or_insert((s.bytes, s.count));
+            }
+        }
+        self.previous = now;
     }
 }
 
@@ -176,6 +375,9 @@ fn stack_report(pid: u32, s: &StackSummary, sym: &mut Symbolizer, table: &StackT
         count: s.count,
         oldest_age_ms: s.oldest_age.as_millis() as u64,
         stack_id: u32::try_from(s.stack.0).ok(),
+        alloc_count: 0,
+        alloc_bytes: 0,
+        growth: None,
         frames: addrs.iter().flat_map(|a| sym.symbolize(pid, *a)).collect(),
     }
 }
