@@ -28,6 +28,19 @@ pub enum Command {
     Oom(OomArgs),
     /// Trace processes for a bounded window and rank them by leak rate (cron/systemd-friendly).
     Audit(AuditArgs),
+    /// Compare two saved JSON reports (trace or audit): growth per process and per stack.
+    Diff(DiffArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DiffArgs {
+    /// The earlier report.
+    pub old: PathBuf,
+    /// The later report.
+    pub new: PathBuf,
+    /// text or json.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
 }
 
 #[derive(Debug, clap::Args)]
@@ -175,6 +188,9 @@ pub struct OomArgs {
     /// svg: also write the victim's stacks as NAME.pb.gz, .folded or .svg beside the report).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// Serve Prometheus metrics at http://ADDR/metrics (`:9464` or a bare port: on 127.0.0.1).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
     /// Ring buffer size in bytes (power of two).
     #[arg(long, default_value_t = 8 << 20, value_name = "BYTES")]
     pub ring_size: u32,
@@ -189,6 +205,7 @@ pub struct OomConfig {
     pub snapshot_rss: Option<u64>,
     pub snapshot_memcg: Option<f64>,
     pub format: Format,
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub ring_size: u32,
 }
 
@@ -220,6 +237,7 @@ impl TryFrom<OomArgs> for OomConfig {
                 })
                 .transpose()?,
             format: a.format,
+            metrics_addr: parse_metrics_addr(a.metrics_addr.as_deref())?,
             ring_size: a.ring_size,
         })
     }
@@ -276,7 +294,7 @@ pub struct TraceArgs {
     /// Also print a report every interval.
     #[arg(long, value_name = "DURATION")]
     pub interval: Option<String>,
-    /// Stacks to show per process.
+    /// Stacks to show per process (text and JSON; the other formats hold every stack).
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub top: usize,
     /// Report format. JSON prints one document per report, one per line; pprof and svg need -o
@@ -289,6 +307,9 @@ pub struct TraceArgs {
     /// Group the top view by stack, by allocating function or by source line.
     #[arg(long, value_enum, default_value_t = GroupBy::Stack)]
     pub group_by: GroupBy,
+    /// Serve Prometheus metrics at http://ADDR/metrics (`:9464` or a bare port: on 127.0.0.1).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
     /// Ring buffer size in bytes (power of two, multiple of the page size).
     #[arg(long, default_value_t = 8 << 20, value_name = "BYTES")]
     pub ring_size: u32,
@@ -314,7 +335,13 @@ pub struct TraceConfig {
     pub format: Format,
     pub output: Option<PathBuf>,
     pub group_by: GroupBy,
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub ring_size: u32,
+}
+
+fn parse_metrics_addr(a: Option<&str>) -> Result<Option<std::net::SocketAddr>, Error> {
+    a.map(|s| crate::metrics::parse_addr(s).map_err(|e| Error::Usage(format!("--metrics-addr: {e}"))))
+        .transpose()
 }
 
 /// pprof and SVG are not for a terminal.
@@ -376,6 +403,7 @@ impl TryFrom<TraceArgs> for TraceConfig {
             format: a.format,
             output: a.output,
             group_by: a.group_by,
+            metrics_addr: parse_metrics_addr(a.metrics_addr.as_deref())?,
             ring_size,
         })
     }

@@ -5,6 +5,19 @@ use leaktrace::{
     error::{EXIT_USAGE, Error},
 };
 
+fn diff(args: &leaktrace::config::DiffArgs) -> Result<i32, Error> {
+    use leaktrace::config::Format;
+    if !matches!(args.format, Format::Text | Format::Json) {
+        return Err(Error::Usage("diff --format: text or json".into()));
+    }
+    let d = leaktrace::diff::diff(&args.old, &args.new)?;
+    let mut out = std::io::stdout().lock();
+    match leaktrace::diff::render(&d, args.format, &mut out) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(0),
+    }
+}
+
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -30,6 +43,7 @@ fn main() {
             .map(|()| 0),
         Command::Audit(args) => AuditConfig::try_from(args)
             .and_then(|cfg| runtime()?.block_on(leaktrace::audit::run(cfg))),
+        Command::Diff(args) => diff(&args),
     };
     match result {
         Ok(code) => std::process::exit(code),

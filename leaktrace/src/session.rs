@@ -126,6 +126,45 @@ impl Session {
     pub fn counters(&self) -> Counters {
         self.probes.counters()
     }
+
+    /// Per-process figures for the metrics endpoint.
+    pub fn metric_samples(&self, now_ns: u64) -> Vec<crate::metrics::ProcessSample> {
+        self.agg
+            .tracked()
+            .map(|pid| {
+                let stats = self.agg.stats(pid).unwrap_or_default();
+                let suspects = self.agg.survivors(pid, now_ns);
+                crate::metrics::ProcessSample {
+                    pid: pid.0,
+                    comm: self.comms.get(&pid.0).cloned().unwrap_or_default(),
+                    outstanding_bytes: stats.outstanding_bytes,
+                    outstanding_count: stats.outstanding_count,
+                    suspect_bytes: suspects.iter().map(|s| s.bytes).sum(),
+                    suspect_count: suspects.iter().map(|s| s.count).sum(),
+                    allocations: stats.allocs,
+                    frees: stats.frees,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Starts the metrics endpoint when asked for; "address in use" and the like are bad input.
+pub async fn start_metrics(
+    addr: Option<std::net::SocketAddr>,
+) -> crate::error::Result<Option<(std::sync::Arc<crate::metrics::Metrics>, crate::metrics::ServerHandle)>> {
+    let Some(addr) = addr else { return Ok(None) };
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new(crate::metrics::DEFAULT_MAX_PROCESSES));
+    let handle = crate::metrics::serve(addr, metrics.clone()).await.map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            "address already in use: pick another port, or stop what listens there"
+        } else {
+            "cannot listen there"
+        };
+        crate::error::Error::Usage(format!("--metrics-addr {addr}: {hint} ({e})"))
+    })?;
+    eprintln!("leaktrace: metrics on http://{}/metrics", handle.local_addr());
+    Ok(Some((metrics, handle)))
 }
 
 /// Warns about hot allocator entry points the kernel must single-step; rare ones (reallocarray

@@ -108,6 +108,7 @@ pub async fn run(cfg: TraceConfig) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     target::check_environment()?;
     let mut out = Output::open(&cfg)?;
+    let metrics = crate::session::start_metrics(cfg.metrics_addr).await?;
 
     // Targets and their allocators, all checked before anything is loaded.
     let mut plan: Vec<(u32, String, Vec<AllocatorLib>)> = Vec::new();
@@ -192,6 +193,10 @@ pub async fn run(cfg: TraceConfig) -> Result<()> {
             _ = status_tick.tick() => {
                 state.session.reap_vanished(now_ns());
                 state.status_line();
+                if let Some((m, _)) = &metrics {
+                    let lost = state.session.counters().lost;
+                    m.update(&state.session.metric_samples(now_ns()), lost);
+                }
             }
             _ = report_tick.tick() => {
                 state.drain(ring.get_mut());
@@ -273,7 +278,12 @@ impl Loop<'_> {
             malformed: s.malformed,
             elapsed: self.start.elapsed(),
             min_age: self.cfg.min_age,
-            top: self.cfg.top,
+            // A flame graph, folded file or profile holds every stack; --top is for reading.
+            top: if matches!(self.cfg.format, Format::Text | Format::Json) {
+                self.cfg.top
+            } else {
+                usize::MAX
+            },
             is_final,
             group_by: self.cfg.group_by,
             for_pprof: self.cfg.format == Format::Pprof,

@@ -60,6 +60,7 @@ struct Watcher<'a> {
     pending: HashMap<u32, (String, Instant)>,
     reports: usize,
     done: bool,
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 pub async fn run(cfg: OomConfig) -> Result<()> {
@@ -72,6 +73,7 @@ pub async fn run(cfg: OomConfig) -> Result<()> {
         ))
     })?;
     prepare_dir(&cfg.dir)?;
+    let metrics = crate::session::start_metrics(cfg.metrics_addr).await?;
     let explicit: Vec<target::Process> = cfg
         .track_pids
         .iter()
@@ -92,6 +94,7 @@ pub async fn run(cfg: OomConfig) -> Result<()> {
         pending: HashMap::new(),
         reports: 0,
         done: false,
+        metrics: metrics.as_ref().map(|(m, _)| m.clone()),
     };
     for p in explicit {
         let libs = allocator::find_allocators(p.pid)?;
@@ -272,6 +275,9 @@ impl Watcher<'_> {
 
     /// Once a second: RSS samples and threshold snapshots for tracked processes.
     fn sample(&mut self) -> Result<()> {
+        if let Some(m) = &self.metrics {
+            m.update(&self.session.metric_samples(now_ns()), self.session.counters().lost);
+        }
         for pid in self.session.reap_vanished(now_ns()) {
             self.tracked.remove(&pid.0);
             self.session.forget(pid.0);
@@ -357,6 +363,9 @@ impl Watcher<'_> {
             shmem_rss_kb: kb("shmem_rss"),
             pgtables_kb: kb("pgtables"),
         };
+        if let Some(m) = &self.metrics {
+            m.oom_kill(&victim.comm);
+        }
         self.write_report("oom_kill", None, victim, missing, proc)?;
         if self.cfg.once {
             self.done = true;

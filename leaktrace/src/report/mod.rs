@@ -14,7 +14,7 @@ pub fn render(format: crate::config::Format, r: &Report, out: &mut dyn std::io::
         Format::Json => json::render(r, out),
         Format::Folded => folded::render(r, out),
         Format::Svg => svg::render(r, out),
-        Format::Pprof => Err(std::io::Error::other("pprof output is not built in yet")),
+        Format::Pprof => pprof::render(r, out),
     }
 }
 
@@ -65,6 +65,7 @@ pub struct StackReport {
 pub struct Growth {
     pub bytes_since_previous: i64,
     pub count_since_previous: i64,
+    /// Since the first report of the run.
     pub bytes_since_first: i64,
     pub count_since_first: i64,
 }
@@ -305,10 +306,11 @@ pub fn signature(s: &StackReport) -> String {
     sig
 }
 
-/// Per-process stack totals remembered between interval reports.
+/// Per-process stack totals remembered between interval reports: the previous report's, and the
+/// first report's (a stack absent from a report counts as zero there).
 #[derive(Debug, Default)]
 pub struct GrowthTracker {
-    first: HashMap<(u32, String), (u64, u64)>,
+    first: Option<HashMap<(u32, String), (u64, u64)>>,
     previous: HashMap<(u32, String), (u64, u64)>,
 }
 
@@ -324,16 +326,18 @@ impl GrowthTracker {
                     (s.bytes as i64 - b as i64, s.count as i64 - c as i64)
                 };
                 let (bp, cp) = delta(self.previous.get(&key));
-                let (bf, cf) = delta(self.first.get(&key));
+                let (bf, cf) = delta(self.first.as_ref().and_then(|f| f.get(&key)));
                 s.growth = Some(Growth {
                     bytes_since_previous: bp,
                     count_since_previous: cp,
                     bytes_since_first: bf,
                     count_since_first: cf,
                 });
-                now.insert(key.clone(), (s.bytes, s.count));
-                self.first.entry(key).or_insert((s.bytes, s.count));
+                now.insert(key, (s.bytes, s.count));
             }
+        }
+        if self.first.is_none() {
+            self.first = Some(now.clone());
         }
         self.previous = now;
     }
