@@ -1,6 +1,6 @@
 //! The Prometheus endpoint of a running trace: the metric families (`leaktrace_*`), how a
 //! once-a-second snapshot of the traced processes becomes their values, and the small HTTP
-//! server that exposes them at `GET /metrics` in the OpenMetrics text format.
+//! server that exposes them at `GET /metrics` in the Prometheus text formats.
 //!
 //! It owns the cardinality policy: at most `max_processes` processes get series of their own,
 //! the rest are folded into `pid="other", comm="other"`, and an exited process's series are
@@ -41,7 +41,8 @@ pub const DEFAULT_PORT: u16 = 9464;
 /// The label value of the series that folded processes are summed into.
 pub const OTHER: &str = "other";
 /// The content type of the OpenMetrics 1.0 exposition, served to clients that accept it.
-pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// The content type of the Prometheus text format, served to every other client.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -79,7 +80,9 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     }
     // An IP without a port, or a port that does not parse after a valid IP: say which.
     if t.parse::<IpAddr>().is_ok() || t.trim_matches(['[', ']']).parse::<IpAddr>().is_ok() {
-        return Err(format!("invalid address '{s}': add a port, e.g. {t}:{DEFAULT_PORT}"));
+        return Err(format!(
+            "invalid address '{s}': add a port, e.g. {t}:{DEFAULT_PORT}"
+        ));
     }
     if let Some((host, p)) = t.rsplit_once(':')
         && host.trim_matches(['[', ']']).parse::<IpAddr>().is_ok()
@@ -112,11 +115,17 @@ struct ProcessLabels {
 
 impl ProcessLabels {
     fn of(pid: u32, comm: &str) -> Self {
-        ProcessLabels { pid: pid.to_string(), comm: comm.to_string() }
+        ProcessLabels {
+            pid: pid.to_string(),
+            comm: comm.to_string(),
+        }
     }
 
     fn other() -> Self {
-        ProcessLabels { pid: OTHER.into(), comm: OTHER.into() }
+        ProcessLabels {
+            pid: OTHER.into(),
+            comm: OTHER.into(),
+        }
     }
 }
 
@@ -215,13 +224,21 @@ impl Metrics {
             "Allocations seen since tracing began, per traced process",
             m.allocations.clone(),
         );
-        registry.register("frees", "Frees seen since tracing began, per traced process", m.frees.clone());
+        registry.register(
+            "frees",
+            "Frees seen since tracing began, per traced process",
+            m.frees.clone(),
+        );
         registry.register(
             "lost_events",
             "Events the kernel dropped because leaktrace fell behind (counts are low by as much)",
             m.lost_events.clone(),
         );
-        registry.register("oom_kills", "Processes killed by the OOM killer, by command name", m.oom_kills.clone());
+        registry.register(
+            "oom_kills",
+            "Processes killed by the OOM killer, by command name",
+            m.oom_kills.clone(),
+        );
         registry.register(
             "metrics_folded_processes",
             "Traced processes beyond the series limit, summed into the series labelled other",
@@ -258,8 +275,11 @@ impl Metrics {
         // Free slots go to the folded processes holding the most outstanding bytes; a process
         // keeps its slot until it exits, so series do not flap between "other" and their own.
         let own = state.tracked.values().filter(|t| t.own).count();
-        let mut folded: Vec<&ProcessSample> =
-            now.values().copied().filter(|s| !state.tracked[&s.pid].own).collect();
+        let mut folded: Vec<&ProcessSample> = now
+            .values()
+            .copied()
+            .filter(|s| !state.tracked[&s.pid].own)
+            .collect();
         folded.sort_by_key(|s| (std::cmp::Reverse(s.outstanding_bytes), s.pid));
         for s in folded.iter().take(self.max_processes.saturating_sub(own)) {
             state.tracked.get_mut(&s.pid).expect("tracked above").own = true;
@@ -271,10 +291,16 @@ impl Metrics {
             let t = state.tracked.get_mut(&s.pid).expect("tracked above");
             if t.own {
                 let l = ProcessLabels::of(s.pid, &s.comm);
-                self.outstanding_bytes.get_or_create(&l).set(s.outstanding_bytes);
-                self.outstanding_allocations.get_or_create(&l).set(s.outstanding_count);
+                self.outstanding_bytes
+                    .get_or_create(&l)
+                    .set(s.outstanding_bytes);
+                self.outstanding_allocations
+                    .get_or_create(&l)
+                    .set(s.outstanding_count);
                 self.suspect_bytes.get_or_create(&l).set(s.suspect_bytes);
-                self.suspect_allocations.get_or_create(&l).set(s.suspect_count);
+                self.suspect_allocations
+                    .get_or_create(&l)
+                    .set(s.suspect_count);
                 raise_to(&self.allocations.get_or_create(&l), s.allocations);
                 raise_to(&self.frees.get_or_create(&l), s.frees);
             } else {
@@ -292,10 +318,18 @@ impl Metrics {
 
         let l = ProcessLabels::other();
         if n_folded > 0 {
-            self.outstanding_bytes.get_or_create(&l).set(other.outstanding_bytes);
-            self.outstanding_allocations.get_or_create(&l).set(other.outstanding_count);
-            self.suspect_bytes.get_or_create(&l).set(other.suspect_bytes);
-            self.suspect_allocations.get_or_create(&l).set(other.suspect_count);
+            self.outstanding_bytes
+                .get_or_create(&l)
+                .set(other.outstanding_bytes);
+            self.outstanding_allocations
+                .get_or_create(&l)
+                .set(other.outstanding_count);
+            self.suspect_bytes
+                .get_or_create(&l)
+                .set(other.suspect_bytes);
+            self.suspect_allocations
+                .get_or_create(&l)
+                .set(other.suspect_count);
             self.allocations.get_or_create(&l).inc_by(other.allocations);
             self.frees.get_or_create(&l).inc_by(other.frees);
         } else {
@@ -317,7 +351,9 @@ impl Metrics {
         let own = state.oom_comms.contains(comm)
             || (state.oom_comms.len() < self.max_processes && state.oom_comms.insert(comm.into()));
         let comm = if own { comm } else { OTHER };
-        self.oom_kills.get_or_create(&CommLabel { comm: comm.into() }).inc();
+        self.oom_kills
+            .get_or_create(&CommLabel { comm: comm.into() })
+            .inc();
     }
 
     /// The OpenMetrics text exposition, ending in `# EOF`.
@@ -407,7 +443,10 @@ impl Drop for ServerHandle {
 /// starts, then serves `GET /metrics` from a task on the current tokio runtime. The error is
 /// the bind error as the OS gave it (kind `AddrInUse`, `PermissionDenied`, ...); the caller
 /// names the address and the option.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<ServerHandle, std::io::Error> {
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+) -> Result<ServerHandle, std::io::Error> {
     let listener = TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
     let task = tokio::spawn(accept_loop(listener, metrics));
@@ -454,10 +493,14 @@ fn respond(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> 
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("application/openmetrics-text"));
     let (status, content_type, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET | &Method::HEAD, "/metrics") if wants_openmetrics => {
-            (StatusCode::OK, OPENMETRICS_CONTENT_TYPE, metrics.render_openmetrics())
+        (&Method::GET | &Method::HEAD, "/metrics") if wants_openmetrics => (
+            StatusCode::OK,
+            OPENMETRICS_CONTENT_TYPE,
+            metrics.render_openmetrics(),
+        ),
+        (&Method::GET | &Method::HEAD, "/metrics") => {
+            (StatusCode::OK, TEXT_CONTENT_TYPE, metrics.render_text())
         }
-        (&Method::GET | &Method::HEAD, "/metrics") => (StatusCode::OK, TEXT_CONTENT_TYPE, metrics.render_text()),
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",
@@ -466,7 +509,10 @@ fn respond(req: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> 
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
     resp
 }
 
@@ -498,7 +544,9 @@ mod tests {
     }
 
     fn series_of(text: &str, pid: &str) -> usize {
-        text.lines().filter(|l| !l.starts_with('#') && l.contains(&format!("pid=\"{pid}\""))).count()
+        text.lines()
+            .filter(|l| !l.starts_with('#') && l.contains(&format!("pid=\"{pid}\"")))
+            .count()
     }
 
     #[test]
@@ -513,34 +561,82 @@ mod tests {
         assert_eq!(ok(" 9464 "), "127.0.0.1:9464");
         assert_eq!(ok("localhost:9464"), "127.0.0.1:9464");
         assert_eq!(ok("127.0.0.1:0"), "127.0.0.1:0");
-        for bad in ["nonsense", "", ":", "127.0.0.1", "::1", "[::1]", "host.example:9464", "127.0.0.1:x"] {
+        for bad in [
+            "nonsense",
+            "",
+            ":",
+            "127.0.0.1",
+            "::1",
+            "[::1]",
+            "host.example:9464",
+            "127.0.0.1:x",
+        ] {
             let e = parse_addr(bad).unwrap_err();
             assert!(e.contains(&format!("'{bad}'")), "{e}");
         }
-        assert!(parse_addr("nonsense").unwrap_err().contains("e.g. 9464, 127.0.0.1:9464"));
-        assert!(parse_addr("127.0.0.1").unwrap_err().contains("add a port, e.g. 127.0.0.1:9464"));
+        assert!(
+            parse_addr("nonsense")
+                .unwrap_err()
+                .contains("e.g. 9464, 127.0.0.1:9464")
+        );
+        assert!(
+            parse_addr("127.0.0.1")
+                .unwrap_err()
+                .contains("add a port, e.g. 127.0.0.1:9464")
+        );
         assert!(parse_addr("70000").unwrap_err().contains("out of range"));
-        assert!(parse_addr("127.0.0.1:70000").unwrap_err().contains("out of range"));
+        assert!(
+            parse_addr("127.0.0.1:70000")
+                .unwrap_err()
+                .contains("out of range")
+        );
     }
 
     #[test]
     fn exposition_after_update() {
         let m = Metrics::default();
-        m.update(&[sample(42, "leaky", 609_584, 40, 4), sample(7, "a \"b\"", 10, 3, 1)], 5);
+        m.update(
+            &[
+                sample(42, "leaky", 609_584, 40, 4),
+                sample(7, "a \"b\"", 10, 3, 1),
+            ],
+            5,
+        );
         m.oom_kill("hog");
         m.oom_kill("hog");
         let t = m.render_openmetrics();
         let l = r#"{pid="42",comm="leaky"}"#;
-        assert_eq!(value(&t, &format!("leaktrace_outstanding_bytes{l}")), Some(609_584));
-        assert_eq!(value(&t, &format!("leaktrace_outstanding_allocations{l}")), Some(36));
-        assert_eq!(value(&t, &format!("leaktrace_suspect_bytes{l}")), Some(304_792));
-        assert_eq!(value(&t, &format!("leaktrace_suspect_allocations{l}")), Some(18));
-        assert_eq!(value(&t, &format!("leaktrace_allocations_total{l}")), Some(40));
+        assert_eq!(
+            value(&t, &format!("leaktrace_outstanding_bytes{l}")),
+            Some(609_584)
+        );
+        assert_eq!(
+            value(&t, &format!("leaktrace_outstanding_allocations{l}")),
+            Some(36)
+        );
+        assert_eq!(
+            value(&t, &format!("leaktrace_suspect_bytes{l}")),
+            Some(304_792)
+        );
+        assert_eq!(
+            value(&t, &format!("leaktrace_suspect_allocations{l}")),
+            Some(18)
+        );
+        assert_eq!(
+            value(&t, &format!("leaktrace_allocations_total{l}")),
+            Some(40)
+        );
         assert_eq!(value(&t, &format!("leaktrace_frees_total{l}")), Some(4));
         // Label values are escaped.
-        assert_eq!(value(&t, r#"leaktrace_allocations_total{pid="7",comm="a \"b\""}"#), Some(3));
+        assert_eq!(
+            value(&t, r#"leaktrace_allocations_total{pid="7",comm="a \"b\""}"#),
+            Some(3)
+        );
         assert_eq!(value(&t, "leaktrace_lost_events_total"), Some(5));
-        assert_eq!(value(&t, r#"leaktrace_oom_kills_total{comm="hog"}"#), Some(2));
+        assert_eq!(
+            value(&t, r#"leaktrace_oom_kills_total{comm="hog"}"#),
+            Some(2)
+        );
         assert_eq!(value(&t, "leaktrace_metrics_folded_processes"), Some(0));
         assert_eq!(series_of(&t, OTHER), 0, "nothing folded:\n{t}");
         // OpenMetrics: typed families, units, counters with _total, and the end marker.
@@ -595,42 +691,105 @@ mod tests {
         m.update(&snap, 0);
         let t = m.render_openmetrics();
         // The two largest get their own series; the others are summed.
-        assert_eq!(value(&t, r#"leaktrace_outstanding_bytes{pid="2",comm="big"}"#), Some(1000));
-        assert_eq!(value(&t, r#"leaktrace_outstanding_bytes{pid="3",comm="mid"}"#), Some(100));
+        assert_eq!(
+            value(&t, r#"leaktrace_outstanding_bytes{pid="2",comm="big"}"#),
+            Some(1000)
+        );
+        assert_eq!(
+            value(&t, r#"leaktrace_outstanding_bytes{pid="3",comm="mid"}"#),
+            Some(100)
+        );
         assert_eq!(series_of(&t, "1") + series_of(&t, "4"), 0, "{t}");
-        assert_eq!(value(&t, r#"leaktrace_outstanding_bytes{pid="other",comm="other"}"#), Some(11));
-        assert_eq!(value(&t, r#"leaktrace_allocations_total{pid="other",comm="other"}"#), Some(18));
+        assert_eq!(
+            value(
+                &t,
+                r#"leaktrace_outstanding_bytes{pid="other",comm="other"}"#
+            ),
+            Some(11)
+        );
+        assert_eq!(
+            value(
+                &t,
+                r#"leaktrace_allocations_total{pid="other",comm="other"}"#
+            ),
+            Some(18)
+        );
         assert_eq!(value(&t, "leaktrace_metrics_folded_processes"), Some(2));
 
         // A slot frees up when "big" exits: the largest folded process takes it, with its
         // counters at its totals; "other" keeps what it counted.
-        m.update(&[snap[0].clone(), snap[2].clone(), sample(4, "tiny", 1, 20, 0)], 0);
+        m.update(
+            &[
+                snap[0].clone(),
+                snap[2].clone(),
+                sample(4, "tiny", 1, 20, 0),
+            ],
+            0,
+        );
         let t = m.render_openmetrics();
         assert_eq!(series_of(&t, "2"), 0, "{t}");
-        assert_eq!(value(&t, r#"leaktrace_allocations_total{pid="1",comm="small"}"#), Some(5));
-        assert_eq!(value(&t, r#"leaktrace_outstanding_bytes{pid="other",comm="other"}"#), Some(1));
-        assert_eq!(value(&t, r#"leaktrace_allocations_total{pid="other",comm="other"}"#), Some(25));
+        assert_eq!(
+            value(&t, r#"leaktrace_allocations_total{pid="1",comm="small"}"#),
+            Some(5)
+        );
+        assert_eq!(
+            value(
+                &t,
+                r#"leaktrace_outstanding_bytes{pid="other",comm="other"}"#
+            ),
+            Some(1)
+        );
+        assert_eq!(
+            value(
+                &t,
+                r#"leaktrace_allocations_total{pid="other",comm="other"}"#
+            ),
+            Some(25)
+        );
         assert_eq!(value(&t, "leaktrace_metrics_folded_processes"), Some(1));
 
         // Nothing folded any more: the "other" gauges go, its counters stay.
         m.update(&[snap[0].clone()], 0);
         let t = m.render_openmetrics();
-        assert_eq!(value(&t, r#"leaktrace_outstanding_bytes{pid="other",comm="other"}"#), None);
-        assert_eq!(value(&t, r#"leaktrace_allocations_total{pid="other",comm="other"}"#), Some(25));
+        assert_eq!(
+            value(
+                &t,
+                r#"leaktrace_outstanding_bytes{pid="other",comm="other"}"#
+            ),
+            None
+        );
+        assert_eq!(
+            value(
+                &t,
+                r#"leaktrace_allocations_total{pid="other",comm="other"}"#
+            ),
+            Some(25)
+        );
         assert_eq!(value(&t, "leaktrace_metrics_folded_processes"), Some(0));
     }
 
     #[test]
     fn many_processes_stay_bounded() {
         let m = Metrics::default();
-        let snap: Vec<_> = (0..1000).map(|p| sample(p, "worker", u64::from(p), 1, 0)).collect();
+        let snap: Vec<_> = (0..1000)
+            .map(|p| sample(p, "worker", u64::from(p), 1, 0))
+            .collect();
         m.update(&snap, 0);
         let t = m.render_openmetrics();
-        let series = t.lines().filter(|l| l.starts_with("leaktrace_outstanding_bytes{")).count();
+        let series = t
+            .lines()
+            .filter(|l| l.starts_with("leaktrace_outstanding_bytes{"))
+            .count();
         assert_eq!(series, DEFAULT_MAX_PROCESSES + 1);
         assert_eq!(value(&t, "leaktrace_metrics_folded_processes"), Some(900));
         // The largest ones are the ones named.
-        assert_eq!(value(&t, r#"leaktrace_outstanding_bytes{pid="999",comm="worker"}"#), Some(999));
+        assert_eq!(
+            value(
+                &t,
+                r#"leaktrace_outstanding_bytes{pid="999",comm="worker"}"#
+            ),
+            Some(999)
+        );
         assert_eq!(series_of(&t, "899"), 0);
     }
 
@@ -646,8 +805,14 @@ mod tests {
         // exec changes comm: the old series go, new ones come.
         m.update(&[sample(11, "b2", 2, 3, 0)], 0);
         let t = m.render_openmetrics();
-        assert_eq!(value(&t, r#"leaktrace_allocations_total{pid="11",comm="b"}"#), None);
-        assert_eq!(value(&t, r#"leaktrace_allocations_total{pid="11",comm="b2"}"#), Some(3));
+        assert_eq!(
+            value(&t, r#"leaktrace_allocations_total{pid="11",comm="b"}"#),
+            None
+        );
+        assert_eq!(
+            value(&t, r#"leaktrace_allocations_total{pid="11",comm="b2"}"#),
+            Some(3)
+        );
         m.update(&[], 0);
         assert_eq!(series_of(&m.render_openmetrics(), "11"), 0);
     }
@@ -659,15 +824,36 @@ mod tests {
         // Totals that shrink (a caller's bug, or a folded process leaving) leave counters be.
         m.update(&[sample(1, "a", 5, 8, 1), sample(2, "b", 1, 3, 0)], 1);
         let t = m.render_openmetrics();
-        assert_eq!(value(&t, r#"leaktrace_allocations_total{pid="1",comm="a"}"#), Some(10));
-        assert_eq!(value(&t, r#"leaktrace_frees_total{pid="1",comm="a"}"#), Some(2));
-        assert_eq!(value(&t, r#"leaktrace_allocations_total{pid="other",comm="other"}"#), Some(4));
+        assert_eq!(
+            value(&t, r#"leaktrace_allocations_total{pid="1",comm="a"}"#),
+            Some(10)
+        );
+        assert_eq!(
+            value(&t, r#"leaktrace_frees_total{pid="1",comm="a"}"#),
+            Some(2)
+        );
+        assert_eq!(
+            value(
+                &t,
+                r#"leaktrace_allocations_total{pid="other",comm="other"}"#
+            ),
+            Some(4)
+        );
         assert_eq!(value(&t, "leaktrace_lost_events_total"), Some(3));
         // The folded process exits, a new one is folded: "other" only grows.
         m.update(&[sample(1, "a", 5, 12, 2), sample(3, "c", 1, 2, 0)], 7);
         let t = m.render_openmetrics();
-        assert_eq!(value(&t, r#"leaktrace_allocations_total{pid="1",comm="a"}"#), Some(12));
-        assert_eq!(value(&t, r#"leaktrace_allocations_total{pid="other",comm="other"}"#), Some(6));
+        assert_eq!(
+            value(&t, r#"leaktrace_allocations_total{pid="1",comm="a"}"#),
+            Some(12)
+        );
+        assert_eq!(
+            value(
+                &t,
+                r#"leaktrace_allocations_total{pid="other",comm="other"}"#
+            ),
+            Some(6)
+        );
         assert_eq!(value(&t, "leaktrace_lost_events_total"), Some(7));
     }
 
@@ -680,14 +866,19 @@ mod tests {
         let t = m.render_openmetrics();
         assert_eq!(value(&t, r#"leaktrace_oom_kills_total{comm="a"}"#), Some(2));
         assert_eq!(value(&t, r#"leaktrace_oom_kills_total{comm="b"}"#), Some(1));
-        assert_eq!(value(&t, r#"leaktrace_oom_kills_total{comm="other"}"#), Some(2));
+        assert_eq!(
+            value(&t, r#"leaktrace_oom_kills_total{comm="other"}"#),
+            Some(2)
+        );
     }
 
     /// One HTTP/1.0 request over a plain socket, as a scraper without keep-alive sends it.
     async fn get(addr: SocketAddr, path: &str, headers: &str) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.0\r\n{headers}\r\n").as_bytes()).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.0\r\n{headers}\r\n").as_bytes())
+            .await
+            .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         out
@@ -697,24 +888,48 @@ mod tests {
     async fn serves_metrics_and_404() {
         let m = Arc::new(Metrics::default());
         m.update(&[sample(42, "leaky", 100, 2, 1)], 0);
-        let server = serve("127.0.0.1:0".parse().unwrap(), m.clone()).await.unwrap();
+        let server = serve("127.0.0.1:0".parse().unwrap(), m.clone())
+            .await
+            .unwrap();
         let addr = server.local_addr();
         // Prometheus asks for OpenMetrics and gets it.
-        let accept = "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n";
+        let accept =
+            "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n";
         let resp = get(addr, "/metrics", accept).await;
-        assert!(resp.starts_with("HTTP/1.0 200 OK\r\n") || resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
+        assert!(
+            resp.starts_with("HTTP/1.0 200 OK\r\n") || resp.starts_with("HTTP/1.1 200 OK\r\n"),
+            "{resp}"
+        );
         let content_type = |ct: &str| format!("content-type: {ct}\r\n");
-        assert!(resp.to_ascii_lowercase().contains(&content_type(OPENMETRICS_CONTENT_TYPE)), "{resp}");
-        assert!(resp.contains("leaktrace_outstanding_bytes{pid=\"42\",comm=\"leaky\"} 100\n"), "{resp}");
+        assert!(
+            resp.to_ascii_lowercase()
+                .contains(&content_type(OPENMETRICS_CONTENT_TYPE)),
+            "{resp}"
+        );
+        assert!(
+            resp.contains("leaktrace_outstanding_bytes{pid=\"42\",comm=\"leaky\"} 100\n"),
+            "{resp}"
+        );
         assert!(resp.ends_with("# EOF\n"));
         // Anyone else gets the 0.0.4 text format.
         let resp = get(addr, "/metrics", "").await;
-        assert!(resp.to_ascii_lowercase().contains(&content_type(TEXT_CONTENT_TYPE)), "{resp}");
-        assert!(resp.contains("\n# TYPE leaktrace_allocations_total counter\n"), "{resp}");
+        assert!(
+            resp.to_ascii_lowercase()
+                .contains(&content_type(TEXT_CONTENT_TYPE)),
+            "{resp}"
+        );
+        assert!(
+            resp.contains("\n# TYPE leaktrace_allocations_total counter\n"),
+            "{resp}"
+        );
         assert!(!resp.contains("# EOF"));
         // Values are read at scrape time.
         m.update(&[sample(42, "leaky", 200, 3, 1)], 0);
-        assert!(get(addr, "/metrics", "").await.contains("comm=\"leaky\"} 200\n"));
+        assert!(
+            get(addr, "/metrics", "")
+                .await
+                .contains("comm=\"leaky\"} 200\n")
+        );
         let resp = get(addr, "/", "").await;
         assert!(resp.contains(" 404 Not Found\r\n"), "{resp}");
 
