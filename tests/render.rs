@@ -71,6 +71,7 @@ fn fixed_report() -> Report {
             frees: 120,
             stacks_total: 2,
             stacks,
+            loader_bytes: 0,
             mappings: vec![],
         }],
         lost_events: 0,

@@ -77,6 +77,11 @@ fn launch_mode_reports_every_site_exactly() {
     assert_eq!(procs[0]["exited"], true);
     assert_eq!(procs[0]["comm"], "leaky");
     check_sites(&report);
+    // Nothing but the fixture's sites: the runtime's thread stack and TLS (inside
+    // pthread_create) and the loader's own mappings are not the program's leaks.
+    let expected: u64 = EXPECTED.iter().map(|e| 2 * e.2).sum();
+    assert_eq!(procs[0]["leaked_bytes"], expected, "{:#}", procs[0]["stacks"]);
+    assert!(procs[0]["loader_bytes"].as_u64().unwrap() > 0, "launch mode sees the loader");
     // Frames carry file and line from DWARF.
     let text = report.to_string();
     assert!(text.contains("leaky.c"), "no source file in frames");

@@ -118,6 +118,8 @@ pub mod call {
     /// `posix_memalign(void **memptr, ...)`: the block is written through `memptr` and the
     /// return value is an error number.
     pub const POSIX_MEMALIGN: u32 = 3;
+    /// A runtime function (pthread_create) whose own allocations and mmaps are not reported.
+    pub const INTERNAL: u32 = 4;
 }
 
 /// Per-thread state between an allocator's entry and return probes, keyed by `pid_tgid`.

@@ -177,6 +177,9 @@ fn alloc_exit(ctx: &RetProbeContext) -> u32 {
     };
     let _ = PENDING.remove(&id);
     bump(counter::HITS);
+    if p.call == call::INTERNAL {
+        return 0;
+    }
     let ret: u64 = ctx.ret();
     let mut ev = event(EventKind::Alloc, id);
     ev.size = p.size;
@@ -271,6 +274,12 @@ pub fn memalign_enter(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn valloc_enter(ctx: ProbeContext) -> u32 {
     alloc_enter(arg(&ctx, 0), 0, call::ALLOC)
+}
+
+/// `pthread_create`: its thread-stack mmap and internal allocations are the runtime's.
+#[uprobe]
+pub fn internal_enter(_ctx: ProbeContext) -> u32 {
+    alloc_enter(0, 0, call::INTERNAL)
 }
 
 #[uretprobe]

@@ -296,6 +296,7 @@ const UPROBES: &[&str] = &[
     "memalign_enter",
     "valloc_enter",
     "free_enter_probe",
+    "internal_enter",
 ];
 const URETPROBES: &[&str] = &["alloc_return"];
 
@@ -326,6 +327,7 @@ fn entry_program(f: AllocFn) -> &'static str {
         AllocFn::AlignedAlloc | AllocFn::Memalign => "memalign_enter",
         AllocFn::Valloc | AllocFn::Pvalloc => "valloc_enter",
         AllocFn::Free => "free_enter_probe",
+        AllocFn::PthreadCreate => "internal_enter",
     }
 }
 

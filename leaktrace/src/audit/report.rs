@@ -193,6 +193,7 @@ impl AuditReport {
                 frees: p.frees,
                 stacks_total: p.stacks.len(),
                 stacks: p.stacks.iter().map(|s| s.stack.clone()).collect(),
+                loader_bytes: 0,
                 mappings: Vec::new(),
             })
             .collect();

@@ -100,6 +100,7 @@ impl OomReport {
             frees: 0,
             stacks_total: self.stacks.len(),
             stacks: self.stacks.clone(),
+            loader_bytes: 0,
             mappings: Vec::new(),
         };
         crate::report::Report {

@@ -98,6 +98,9 @@ pub struct ProcessReport {
     /// Number of distinct leaking stacks (or groups, with --group-by) before --top.
     pub stacks_total: usize,
     pub stacks: Vec<StackReport>,
+    /// Anonymous mappings the dynamic loader made for itself (segment zero-fill, its own
+    /// malloc, TLS): held, but no leak of the program's; not listed in `stacks`.
+    pub loader_bytes: u64,
     /// Executable mappings (filled for pprof output only).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mappings: Vec<MappingReport>,
@@ -203,12 +206,25 @@ fn process_report(
     let grouped = ctx.group_by != GroupBy::Stack;
     // Grouping needs every stack's frames before --top applies; pprof wants them all.
     let limit = if grouped || ctx.for_pprof { usize::MAX } else { ctx.top };
-    let mut reports = stack_reports(pid.0, &summaries, limit, sym, ctx.stacks);
-    for (r, s) in reports.iter_mut().zip(&summaries) {
+    let reports = stack_reports(pid.0, &summaries, usize::MAX, sym, ctx.stacks);
+    let (mut loader_bytes, mut loader_count) = (0, 0);
+    let mut kept = Vec::with_capacity(reports.len());
+    for (r, s) in reports.into_iter().zip(&summaries) {
+        if is_loader_mapping(&r) {
+            loader_bytes += r.bytes;
+            loader_count += r.count;
+        } else {
+            kept.push((r, s));
+        }
+    }
+    kept.truncate(limit);
+    let mut reports: Vec<StackReport> = Vec::with_capacity(kept.len());
+    for (mut r, s) in kept {
         if let Some(t) = totals.iter().find(|t| t.stack == s.stack && t.kind == s.kind) {
             r.alloc_count = t.alloc_count;
             r.alloc_bytes = t.alloc_bytes;
         }
+        reports.push(r);
     }
     if grouped {
         reports = group(reports, ctx.group_by);
@@ -222,16 +238,26 @@ fn process_report(
         pid: pid.0,
         comm: ctx.comms.get(&pid.0).cloned().unwrap_or_default(),
         exited,
-        leaked_bytes: stacks.iter().map(|s| s.bytes).sum(),
-        leaked_count: stacks.iter().map(|s| s.count).sum(),
+        leaked_bytes: stacks.iter().map(|s| s.bytes).sum::<u64>() - loader_bytes,
+        leaked_count: stacks.iter().map(|s| s.count).sum::<u64>() - loader_count,
         outstanding_bytes: stats.outstanding_bytes,
         outstanding_count: stats.outstanding_count,
         allocations: stats.allocs,
         frees: stats.frees,
         stacks_total,
         stacks: reports,
+        loader_bytes,
         mappings: if ctx.for_pprof { sym.mappings(pid.0) } else { Vec::new() },
     }
+}
+
+/// An anonymous mapping whose syscall was made by the dynamic loader's own mmap (ld.so has its
+/// own copy; the program's go through libc's).
+fn is_loader_mapping(r: &StackReport) -> bool {
+    r.kind == "mmap"
+        && r.frames.first().and_then(|f| f.module.as_deref()).is_some_and(|m| {
+            m.rsplit('/').next().unwrap_or(m).starts_with("ld-linux")
+        })
 }
 
 /// The frame a stack is charged to in grouped views: the first one outside the C library and

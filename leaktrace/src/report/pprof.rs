@@ -505,6 +505,7 @@ mod tests {
             frees: 6,
             stacks_total: 1,
             stacks: vec![leak, freed],
+            loader_bytes: 0,
             mappings: vec![
                 MappingReport {
                     start: 0x5555_0000_0000,

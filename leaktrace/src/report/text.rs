@@ -32,6 +32,13 @@ pub fn render(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
         for (i, s) in p.stacks.iter().enumerate() {
             stack(out, i + 1, s)?;
         }
+        if p.loader_bytes > 0 {
+            writeln!(
+                out,
+                "  (not listed: {} of the dynamic loader's own mappings)",
+                human_bytes(p.loader_bytes)
+            )?;
+        }
         if p.stacks_total > p.stacks.len() {
             writeln!(
                 out,
