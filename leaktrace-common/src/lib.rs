@@ -77,7 +77,7 @@ pub const EVENT_SIZE: usize = 64;
 
 /// Frames of the record most stacks fit in. A stack that fills it is taken again into a
 /// [`MAX_FRAMES`] record, so deep stacks cost a second walk and short ones little ring space.
-pub const SMALL_FRAMES: usize = 32;
+pub const SMALL_FRAMES: usize = 16;
 /// The kernel's default `perf_event_max_stack`.
 pub const MAX_FRAMES: usize = 127;
 
@@ -120,7 +120,24 @@ pub mod call {
     pub const POSIX_MEMALIGN: u32 = 3;
     /// A runtime function (pthread_create) whose own allocations and mmaps are not reported.
     pub const INTERNAL: u32 = 4;
+    /// An allocator call the byte sampler skipped: kept only as the in-flight mark (and for a
+    /// realloc that may release a sampled block).
+    pub const UNSAMPLED: u32 = 5;
 }
+
+/// Byte sampling: the countdown refills are drawn from this many precomputed exponential
+/// samples (mean = the sampling rate), written by userspace: BPF has no floating point.
+pub const SAMPLE_DRAWS: u32 = 4096;
+
+/// Key of the set of sampled live blocks, so that a free of an unsampled block costs one lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BlockKey {
+    pub pid: u32,
+    pub _pad: u32,
+    pub addr: u64,
+}
+const _: () = assert!(core::mem::size_of::<BlockKey>() == 16);
 
 /// Per-thread state between an allocator's entry and return probes, keyed by `pid_tgid`.
 /// Its presence also marks "an allocator call is in flight" so that the allocator's own
@@ -166,6 +183,8 @@ pub mod counter {
     pub const PENDING_FULL: u32 = 3;
     /// Probe hits, all programs together.
     pub const HITS: u32 = 4;
+    /// The sampled-block set was full: that block's free will not be seen (counted).
+    pub const SAMPLED_FULL: u32 = 5;
     pub const COUNT: u32 = 8;
 }
 
@@ -181,6 +200,12 @@ pub mod names {
     /// Global: non-zero to trace every process but `SELF_TGID`.
     pub const TRACE_ALL: &str = "TRACE_ALL";
     pub const SELF_TGID: &str = "SELF_TGID";
+    /// Global: byte-sampling rate (0: every allocation).
+    pub const SAMPLE_RATE: &str = "SAMPLE_RATE";
+    /// Global: non-zero makes every program return at once (the benchmark floor).
+    pub const EMPTY: &str = "EMPTY";
+    pub const DRAWS: &str = "DRAWS";
+    pub const SAMPLED: &str = "SAMPLED";
 }
 
 /// Syscall numbers on x86-64, used to pair enter and exit.

@@ -10,12 +10,12 @@ use aya_ebpf::{
         bpf_task_pt_regs,
     },
     macros::{map, tracepoint, uprobe, uretprobe},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use leaktrace_common::{
-    COMM_LEN, Event, EventKind, MAP_ANONYMOUS, MAX_FRAMES, OOM_RAW, Pending, RawRecord, Record,
-    SMALL_FRAMES, SyscallArgs, call, counter, nr,
+    BlockKey, COMM_LEN, Event, EventKind, MAP_ANONYMOUS, MAX_FRAMES, OOM_RAW, Pending, RawRecord,
+    Record, SAMPLE_DRAWS, SMALL_FRAMES, SyscallArgs, call, counter, nr,
 };
 
 /// Default sizes; userspace overrides every one of them at load time from its options.
@@ -32,6 +32,60 @@ static PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(65536, 0
 static SYSCALLS: LruHashMap<u64, SyscallArgs> = LruHashMap::with_max_entries(16384, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+/// Byte sampling: bytes left until the next sample, per CPU (a Poisson process over the bytes
+/// allocated does not care which CPU counts them).
+#[map]
+static COUNTDOWN: PerCpuArray<i64> = PerCpuArray::with_max_entries(1, 0);
+/// Exponential draws with mean SAMPLE_RATE, written by userspace.
+#[map]
+static DRAWS: Array<u64> = Array::with_max_entries(SAMPLE_DRAWS, 0);
+/// Sampled live blocks (only when sampling): a free of anything else returns after one lookup.
+/// Allocated as used (BPF_F_NO_PREALLOC = 1).
+#[map]
+static SAMPLED: HashMap<BlockKey, u8> = HashMap::with_max_entries(1 << 20, 1);
+
+#[unsafe(no_mangle)]
+static SAMPLE_RATE: u64 = 0;
+#[unsafe(no_mangle)]
+static EMPTY: u32 = 0;
+
+#[inline(always)]
+fn sampling() -> bool {
+    unsafe { core::ptr::read_volatile(&SAMPLE_RATE) != 0 }
+}
+
+#[inline(always)]
+fn empty() -> bool {
+    unsafe { core::ptr::read_volatile(&EMPTY) != 0 }
+}
+
+/// Whether an allocation of `size` bytes is sampled: each byte with probability 1/rate.
+#[inline(always)]
+fn take_sample(size: u64) -> bool {
+    let Some(c) = COUNTDOWN.get_ptr_mut(0) else {
+        return true;
+    };
+    unsafe {
+        let left = *c - size as i64;
+        if left > 0 {
+            *c = left;
+            return false;
+        }
+        let i = aya_ebpf::helpers::bpf_get_prandom_u32() % SAMPLE_DRAWS;
+        let draw = DRAWS.get(i).copied().unwrap_or(1) as i64;
+        *c = if draw > 0 { draw } else { 1 };
+    }
+    true
+}
+
+#[inline(always)]
+fn block_key(id: u64, addr: u64) -> BlockKey {
+    BlockKey {
+        pid: (id >> 32) as u32,
+        _pad: 0,
+        addr,
+    }
+}
 
 /// Ring bytes pending above which a submit wakes userspace; below it userspace drains on its
 /// timer, which saves a wakeup (~2.3 µs) per event.
@@ -137,6 +191,9 @@ fn event(kind: EventKind, pid_tgid: u64) -> Event {
 
 #[inline(always)]
 fn alloc_enter(size: u64, ptr: u64, kind: u32) -> u32 {
+    if empty() {
+        return 0;
+    }
     let id = bpf_get_current_pid_tgid();
     if !traced((id >> 32) as u32) {
         return 0;
@@ -147,10 +204,15 @@ fn alloc_enter(size: u64, ptr: u64, kind: u32) -> u32 {
         unsafe { (*p).depth += 1 };
         return 0;
     }
+    let call = if kind != call::INTERNAL && sampling() && !take_sample(size) {
+        call::UNSAMPLED
+    } else {
+        kind
+    };
     let p = Pending {
         size,
         ptr,
-        call: kind,
+        call,
         depth: 0,
     };
     if PENDING.insert(&id, &p, 0).is_err() {
@@ -161,6 +223,9 @@ fn alloc_enter(size: u64, ptr: u64, kind: u32) -> u32 {
 
 #[inline(always)]
 fn alloc_exit(ctx: &RetProbeContext) -> u32 {
+    if empty() {
+        return 0;
+    }
     let id = bpf_get_current_pid_tgid();
     let Some(p) = PENDING.get_ptr_mut(&id) else {
         if traced((id >> 32) as u32) {
@@ -181,6 +246,13 @@ fn alloc_exit(ctx: &RetProbeContext) -> u32 {
         return 0;
     }
     let ret: u64 = ctx.ret();
+    if p.call == call::UNSAMPLED {
+        // An unsampled realloc may still release a sampled block.
+        if p.ptr != 0 && (ret != 0 || p.size == 0) {
+            release_sampled(id, p.ptr);
+        }
+        return 0;
+    }
     let mut ev = event(EventKind::Alloc, id);
     ev.size = p.size;
     match p.call {
@@ -204,6 +276,14 @@ fn alloc_exit(ctx: &RetProbeContext) -> u32 {
     if ev.kind == EventKind::Alloc as u32 && (ev.addr == 0 || p.size == u64::MAX) {
         return 0;
     }
+    if sampling() {
+        if ev.kind == EventKind::Realloc as u32 && ev.old_addr != 0 && (ev.addr != 0 || p.size == 0) {
+            let _ = SAMPLED.remove(&block_key(id, ev.old_addr));
+        }
+        if ev.addr != 0 && SAMPLED.insert(&block_key(id, ev.addr), &1, 0).is_err() {
+            bump(counter::SAMPLED_FULL);
+        }
+    }
     if ev.addr != 0 {
         emit_with_stack(ctx, &ev);
     } else {
@@ -215,15 +295,35 @@ fn alloc_exit(ctx: &RetProbeContext) -> u32 {
 
 #[inline(always)]
 fn free_enter(ptr: u64) -> u32 {
+    if empty() {
+        return 0;
+    }
     let id = bpf_get_current_pid_tgid();
     if ptr == 0 || !traced((id >> 32) as u32) {
         return 0;
     }
     bump(counter::HITS);
+    if sampling() {
+        release_sampled(id, ptr);
+        return 0;
+    }
     let mut ev = event(EventKind::Free, id);
     ev.addr = ptr;
     emit(&ev);
     0
+}
+
+/// With sampling, only a sampled block's release is worth an event.
+#[inline(always)]
+fn release_sampled(id: u64, ptr: u64) {
+    let key = block_key(id, ptr);
+    if unsafe { SAMPLED.get(&key).is_none() } {
+        return;
+    }
+    let _ = SAMPLED.remove(&key);
+    let mut ev = event(EventKind::Free, id);
+    ev.addr = ptr;
+    emit(&ev);
 }
 
 #[inline(always)]
@@ -338,6 +438,9 @@ fn user_return_address() -> u64 {
 
 #[inline(always)]
 fn syscall_enter(nr: u32, addr: u64, len: u64, new_len: u64, caller: u64) -> u32 {
+    if empty() {
+        return 0;
+    }
     let id = bpf_get_current_pid_tgid();
     let args = SyscallArgs {
         addr,

@@ -68,8 +68,29 @@ struct ProcState {
     heap: HashMap<u64, Block>,
     maps: BTreeMap<u64, Region>,
     stats: ProcStats,
+    /// With sampling: unbiased estimates of outstanding bytes and blocks, allocations, frees.
+    est: Estimates,
     /// Every allocation seen per (stack, kind), freed or not: pprof's alloc_objects/alloc_space.
-    totals: HashMap<(StackId, BlockKind), (u64, u64)>,
+    totals: HashMap<(StackId, BlockKind), (f64, f64)>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Estimates {
+    outstanding_bytes: f64,
+    outstanding_count: f64,
+    allocs: f64,
+    frees: f64,
+}
+
+/// How many blocks one sampled heap block of `size` bytes stands for: the inverse of its
+/// probability of being sampled when each byte is sampled with probability 1/rate
+/// (heapprofd's and Go's unbiased weighting). 1 without sampling.
+pub fn weight(size: u64, rate: u64) -> f64 {
+    if rate == 0 {
+        return 1.0;
+    }
+    let p = 1.0 - (-(size.max(1) as f64) / rate as f64).exp();
+    1.0 / p
 }
 
 /// All allocations one stack made since attach.
@@ -109,6 +130,8 @@ pub struct Aggregator {
     min_age: Duration,
     /// Every process's events are taken, a new pid starts being tracked (`audit --all`).
     track_all: bool,
+    /// Byte-sampling rate of the probes (0: every allocation is seen): estimates are scaled.
+    sample_rate: u64,
     /// Processes that exited, so that a late event does not bring one back in track-all mode.
     dead: std::collections::HashSet<Pid>,
     /// Events for processes not (or no longer) traced.
@@ -128,6 +151,11 @@ impl Aggregator {
         self.track_all = on;
     }
 
+    /// The probes sample each allocated byte with probability 1/rate (0: no sampling).
+    pub fn set_sample_rate(&mut self, rate: u64) {
+        self.sample_rate = rate;
+    }
+
     /// Starts tracking `pid`; events of unknown pids are counted and dropped.
     pub fn track(&mut self, pid: Pid) {
         self.procs.entry(pid).or_default();
@@ -141,8 +169,9 @@ impl Aggregator {
         self.procs.keys().copied()
     }
 
+    /// Totals of `pid`: exact, or with sampling the unbiased estimates.
     pub fn stats(&self, pid: Pid) -> Option<ProcStats> {
-        self.procs.get(&pid).map(|p| p.stats)
+        self.procs.get(&pid).map(|p| p.reported_stats(self.sample_rate))
     }
 
     pub fn total_outstanding(&self) -> (u64, u64) {
@@ -169,18 +198,19 @@ impl Aggregator {
             self.foreign_events += 1;
             return;
         };
+        let rate = self.sample_rate;
         match kind {
-            EventKind::Alloc => p.alloc(ev.addr, ev.size, ev.ts_ns, stack),
-            EventKind::Free => p.free(ev.addr),
+            EventKind::Alloc => p.alloc(ev.addr, ev.size, ev.ts_ns, stack, rate),
+            EventKind::Free => p.free(ev.addr, rate),
             EventKind::Realloc => {
                 if ev.addr != 0 {
                     if ev.old_addr != 0 {
-                        p.free(ev.old_addr);
+                        p.free(ev.old_addr, rate);
                     }
-                    p.alloc(ev.addr, ev.size, ev.ts_ns, stack);
+                    p.alloc(ev.addr, ev.size, ev.ts_ns, stack, rate);
                 } else if ev.size == 0 && ev.old_addr != 0 {
                     // realloc(p, 0) frees p and returns NULL.
-                    p.free(ev.old_addr);
+                    p.free(ev.old_addr, rate);
                 }
                 // Otherwise realloc failed and the old block is still live.
             }
@@ -217,12 +247,12 @@ impl Aggregator {
             self.dead.insert(pid);
         }
         if let Some(p) = self.procs.remove(&pid) {
-            let stacks = p.survivors(now_ns, self.min_age);
+            let stacks = p.survivors(now_ns, self.min_age, self.sample_rate);
             self.exited.push(ExitedProcess {
                 pid,
                 stacks,
                 totals: p.stack_totals(),
-                stats: p.stats,
+                stats: p.reported_stats(self.sample_rate),
             });
         }
     }
@@ -241,24 +271,45 @@ impl Aggregator {
     pub fn survivors(&self, pid: Pid, now_ns: u64) -> Vec<StackSummary> {
         self.procs
             .get(&pid)
-            .map(|p| p.survivors(now_ns, self.min_age))
+            .map(|p| p.survivors(now_ns, self.min_age, self.sample_rate))
             .unwrap_or_default()
     }
 }
 
 impl ProcState {
-    fn alloc(&mut self, addr: u64, size: u64, ts_ns: u64, stack: StackId) {
+    fn reported_stats(&self, rate: u64) -> ProcStats {
+        if rate == 0 {
+            return self.stats;
+        }
+        ProcStats {
+            outstanding_bytes: self.est.outstanding_bytes.round().max(0.0) as u64,
+            outstanding_count: self.est.outstanding_count.round().max(0.0) as u64,
+            allocs: self.est.allocs.round() as u64,
+            frees: self.est.frees.round() as u64,
+            ..self.stats
+        }
+    }
+
+    fn alloc(&mut self, addr: u64, size: u64, ts_ns: u64, stack: StackId, rate: u64) {
         if addr == 0 {
             return;
         }
         self.stats.allocs += 1;
+        let w = weight(size, rate);
+        self.est.allocs += w;
+        self.est.outstanding_count += w;
+        self.est.outstanding_bytes += w * size as f64;
         let t = self.totals.entry((stack, BlockKind::Heap)).or_default();
-        t.0 += 1;
-        t.1 += size;
+        t.0 += w;
+        t.1 += w * size as f64;
         let b = Block { size, ts_ns, stack };
         match self.heap.entry(addr) {
             Entry::Occupied(mut o) => {
                 self.stats.replaced += 1;
+                let old = o.get().size;
+                let ow = weight(old, rate);
+                self.est.outstanding_count -= ow;
+                self.est.outstanding_bytes -= ow * old as f64;
                 self.stats.outstanding_bytes -= o.get().size;
                 self.stats.outstanding_bytes += size;
                 o.insert(b);
@@ -271,12 +322,16 @@ impl ProcState {
         }
     }
 
-    fn free(&mut self, addr: u64) {
+    fn free(&mut self, addr: u64, rate: u64) {
         if addr == 0 {
             return;
         }
         match self.heap.remove(&addr) {
             Some(b) => {
+                let w = weight(b.size, rate);
+                self.est.frees += w;
+                self.est.outstanding_count -= w;
+                self.est.outstanding_bytes -= w * b.size as f64;
                 self.stats.frees += 1;
                 self.stats.outstanding_count -= 1;
                 self.stats.outstanding_bytes -= b.size;
@@ -290,11 +345,11 @@ impl ProcState {
             return;
         }
         self.stats.allocs += 1;
+        self.est.allocs += 1.0;
         let t = self.totals.entry((r.stack, BlockKind::Mmap)).or_default();
-        t.0 += 1;
-        t.1 += r.len;
-        self.stats.outstanding_count += 1;
-        self.stats.outstanding_bytes += r.len;
+        t.0 += 1.0;
+        t.1 += r.len as f64;
+        self.add_outstanding(1, r.len);
         self.maps.insert(addr, r);
     }
 
@@ -317,9 +372,9 @@ impl ProcState {
             .collect();
         for a in hit {
             let Some(r) = self.maps.remove(&a) else { continue };
-            self.stats.outstanding_count -= 1;
-            self.stats.outstanding_bytes -= r.len;
+            self.sub_outstanding(1, r.len);
             self.stats.frees += 1;
+            self.est.frees += 1.0;
             let r_end = a + r.len;
             if a < start {
                 self.keep_piece(a, start - a, r);
@@ -331,9 +386,23 @@ impl ProcState {
     }
 
     fn keep_piece(&mut self, addr: u64, len: u64, r: Region) {
-        self.stats.outstanding_count += 1;
-        self.stats.outstanding_bytes += len;
+        self.add_outstanding(1, len);
         self.maps.insert(addr, Region { len, ..r });
+    }
+
+    /// Mappings are never sampled: they count once, exactly and in the estimates.
+    fn add_outstanding(&mut self, count: u64, bytes: u64) {
+        self.stats.outstanding_count += count;
+        self.stats.outstanding_bytes += bytes;
+        self.est.outstanding_count += count as f64;
+        self.est.outstanding_bytes += bytes as f64;
+    }
+
+    fn sub_outstanding(&mut self, count: u64, bytes: u64) {
+        self.stats.outstanding_count -= count;
+        self.stats.outstanding_bytes -= bytes;
+        self.est.outstanding_count -= count as f64;
+        self.est.outstanding_bytes -= bytes as f64;
     }
 
     fn stack_totals(&self) -> Vec<StackTotal> {
@@ -343,31 +412,31 @@ impl ProcState {
             .map(|(&(stack, kind), &(alloc_count, alloc_bytes))| StackTotal {
                 stack,
                 kind,
-                alloc_count,
-                alloc_bytes,
+                alloc_count: alloc_count.round() as u64,
+                alloc_bytes: alloc_bytes.round() as u64,
             })
             .collect();
         v.sort_by(|a, b| b.alloc_bytes.cmp(&a.alloc_bytes).then(a.stack.cmp(&b.stack)));
         v
     }
 
-    fn survivors(&self, now_ns: u64, min_age: Duration) -> Vec<StackSummary> {
+    fn survivors(&self, now_ns: u64, min_age: Duration, rate: u64) -> Vec<StackSummary> {
         let min_age_ns = min_age.as_nanos().min(u64::MAX as u128) as u64;
-        let mut groups: HashMap<(StackId, BlockKind, u64), (u64, u64, u64)> = HashMap::new();
-        let mut add = |key, size: u64, ts: u64| {
+        let mut groups: HashMap<(StackId, BlockKind, u64), (f64, f64, u64)> = HashMap::new();
+        let mut add = |key, size: u64, ts: u64, w: f64| {
             if now_ns.saturating_sub(ts) < min_age_ns {
                 return;
             }
-            let g = groups.entry(key).or_insert((0, 0, u64::MAX));
-            g.0 += 1;
-            g.1 += size;
+            let g = groups.entry(key).or_insert((0.0, 0.0, u64::MAX));
+            g.0 += w;
+            g.1 += w * size as f64;
             g.2 = g.2.min(ts);
         };
         for b in self.heap.values() {
-            add((b.stack, BlockKind::Heap, 0), b.size, b.ts_ns);
+            add((b.stack, BlockKind::Heap, 0), b.size, b.ts_ns, weight(b.size, rate));
         }
         for r in self.maps.values() {
-            add((r.stack, BlockKind::Mmap, r.caller), r.len, r.ts_ns);
+            add((r.stack, BlockKind::Mmap, r.caller), r.len, r.ts_ns, 1.0);
         }
         let mut out: Vec<StackSummary> = groups
             .into_iter()
@@ -375,8 +444,8 @@ impl ProcState {
                 stack,
                 kind,
                 caller,
-                count,
-                bytes,
+                count: count.round() as u64,
+                bytes: bytes.round() as u64,
                 oldest_age: Duration::from_nanos(now_ns.saturating_sub(oldest)),
             })
             .collect();
@@ -530,6 +599,22 @@ mod tests {
         // Largest first: the page-sized mapping, then the two heap blocks.
         assert_eq!((t[0].kind, t[0].alloc_count, t[0].alloc_bytes), (BlockKind::Mmap, 1, PAGE));
         assert_eq!((t[1].stack, t[1].alloc_count, t[1].alloc_bytes), (StackId(7), 2, 150));
+    }
+
+    #[test]
+    fn sampled_blocks_are_scaled_by_their_inverse_probability() {
+        let mut a = agg();
+        a.set_sample_rate(1000);
+        // A 1000-byte block is sampled with probability 1 - 1/e.
+        a.apply(&ev(EventKind::Alloc, 0x1000, 1000, 0, 1), StackId(7));
+        let w = 1.0 / (1.0 - (-1.0f64).exp());
+        let s = a.survivors(Pid(P), 100 * S);
+        assert_eq!((s[0].count, s[0].bytes), (w.round() as u64, (w * 1000.0).round() as u64));
+        assert_eq!(a.stats(Pid(P)).unwrap().outstanding_bytes, (w * 1000.0).round() as u64);
+        // Big blocks are certain: weight 1.
+        assert!((weight(1 << 30, 1000) - 1.0).abs() < 1e-9);
+        a.apply(&ev(EventKind::Free, 0x1000, 0, 0, 2), StackId(-1));
+        assert_eq!(a.stats(Pid(P)).unwrap().outstanding_bytes, 0);
     }
 
     #[test]

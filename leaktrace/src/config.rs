@@ -78,6 +78,13 @@ pub struct AuditArgs {
     /// Write the report to FILE instead of stdout.
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Sample allocations by bytes (each byte with probability 1/BYTES) and scale the estimates;
+    /// 0 traces every allocation. Sampling keeps an audit of a whole machine cheap.
+    #[arg(long, default_value = "512KiB", value_name = "BYTES")]
+    pub sample_rate: String,
+    /// With sampling: how many sampled live blocks the kernel remembers (overflow is counted).
+    #[arg(long, default_value_t = 1 << 20, value_name = "N")]
+    pub max_sampled: u32,
     /// Ring buffer size in bytes (power of two).
     #[arg(long, default_value_t = 32 << 20, value_name = "BYTES")]
     pub ring_size: u32,
@@ -104,6 +111,7 @@ pub struct AuditConfig {
     pub top: usize,
     pub format: Format,
     pub output: Option<PathBuf>,
+    pub tuning: crate::probes::Tuning,
     pub ring_size: u32,
 }
 
@@ -156,6 +164,11 @@ impl TryFrom<AuditArgs> for AuditConfig {
             top: a.top,
             format: a.format,
             output: a.output,
+            tuning: crate::probes::Tuning {
+                sample_rate: parse_sample_rate(&a.sample_rate)?,
+                max_sampled: a.max_sampled,
+                empty: false,
+            },
             ring_size: a.ring_size,
         })
     }
@@ -310,8 +323,19 @@ pub struct TraceArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (`:9464` or a bare port: on 127.0.0.1).
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<String>,
-    /// Ring buffer size in bytes (power of two, multiple of the page size).
-    #[arg(long, default_value_t = 8 << 20, value_name = "BYTES")]
+    /// Sample allocations by bytes (each byte with probability 1/BYTES, e.g. 512KiB) and scale
+    /// the estimates; 0 traces every allocation.
+    #[arg(long, default_value = "0", value_name = "BYTES")]
+    pub sample_rate: String,
+    /// With sampling: how many sampled live blocks the kernel remembers (overflow is counted).
+    #[arg(long, default_value_t = 1 << 20, value_name = "N")]
+    pub max_sampled: u32,
+    /// Attach the same probes with programs that do nothing (measures the probe floor).
+    #[arg(long, hide = true)]
+    pub empty_probes: bool,
+    /// Ring buffer size in bytes (power of two, multiple of the page size). Events that find it
+    /// full are lost (counted); it absorbs the drain's pauses.
+    #[arg(long, default_value_t = 16 << 20, value_name = "BYTES")]
     pub ring_size: u32,
     /// Command to launch and trace from its first allocation.
     #[arg(last = true, value_name = "CMD")]
@@ -336,7 +360,12 @@ pub struct TraceConfig {
     pub output: Option<PathBuf>,
     pub group_by: GroupBy,
     pub metrics_addr: Option<std::net::SocketAddr>,
+    pub tuning: crate::probes::Tuning,
     pub ring_size: u32,
+}
+
+fn parse_sample_rate(s: &str) -> Result<u64, Error> {
+    crate::units::parse_size(s).map_err(|e| Error::Usage(format!("--sample-rate: {e}")))
 }
 
 fn parse_metrics_addr(a: Option<&str>) -> Result<Option<std::net::SocketAddr>, Error> {
@@ -404,6 +433,11 @@ impl TryFrom<TraceArgs> for TraceConfig {
             output: a.output,
             group_by: a.group_by,
             metrics_addr: parse_metrics_addr(a.metrics_addr.as_deref())?,
+            tuning: crate::probes::Tuning {
+                sample_rate: parse_sample_rate(&a.sample_rate)?,
+                max_sampled: a.max_sampled,
+                empty: a.empty_probes,
+            },
             ring_size,
         })
     }

@@ -5,13 +5,13 @@ use std::{collections::HashMap as StdHashMap, num::NonZeroU32, os::fd::AsRawFd};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
     },
 };
-use leaktrace_common::{counter, names};
+use leaktrace_common::{SAMPLE_DRAWS, counter, names};
 
 use crate::{
     allocator::{AllocFn, AllocatorLib, ProbePoint},
@@ -24,6 +24,17 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 #[derive(Debug, Clone, Copy)]
 pub struct MapSizes {
     pub ring_bytes: u32,
+}
+
+/// What the programs do besides their scope.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tuning {
+    /// Byte-sampling rate; 0 tracks every allocation.
+    pub sample_rate: u64,
+    /// Capacity of the sampled-block set (its overflow is counted).
+    pub max_sampled: u32,
+    /// Every program returns at once: the cost of the probes alone (benchmarks).
+    pub empty: bool,
 }
 
 /// Which processes the programs report.
@@ -43,6 +54,28 @@ pub struct Counters {
     pub missed_returns: u64,
     pub pending_full: u64,
     pub hits: u64,
+    pub sampled_full: u64,
+}
+
+/// `n` draws of an exponential distribution with mean `rate` (the gaps between samples of a
+/// Poisson process over bytes), at least 1 each. xorshift seeded from the clock: the sampling
+/// needs independence, not secrecy.
+pub fn exponential_draws(rate: u64, n: u32) -> Vec<u64> {
+    let mut x = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0x9e37_79b9_7f4a_7c15)
+        | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // u in (0, 1]: never ln(0).
+            let u = ((x >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+            ((-u.ln()) * rate as f64).round().max(1.0) as u64
+        })
+        .collect()
 }
 
 pub struct Probes {
@@ -63,15 +96,19 @@ fn bpf_err(what: &str, e: impl std::fmt::Display) -> Error {
 }
 
 impl Probes {
-    pub fn load(sizes: MapSizes, scope: Scope) -> Result<Self> {
+    pub fn load(sizes: MapSizes, scope: Scope, tuning: Tuning) -> Result<Self> {
         let wakeup = u64::from(sizes.ring_bytes / 4);
         let all = u32::from(scope == Scope::All);
         let me = std::process::id();
+        let empty = u32::from(tuning.empty);
         let mut bpf = EbpfLoader::new()
             .map_max_entries(names::EVENTS, sizes.ring_bytes)
+            .map_max_entries(names::SAMPLED, tuning.max_sampled.max(1))
             .override_global(names::WAKEUP_BYTES, &wakeup, true)
             .override_global(names::TRACE_ALL, &all, true)
             .override_global(names::SELF_TGID, &me, true)
+            .override_global(names::SAMPLE_RATE, &tuning.sample_rate, true)
+            .override_global(names::EMPTY, &empty, true)
             .load(EBPF_OBJECT)
             .map_err(|e| bpf_err("loading the eBPF object", e))?;
         let take = |bpf: &mut Ebpf, name: &str| {
@@ -93,6 +130,17 @@ impl Probes {
             links: StdHashMap::new(),
             probed: Default::default(),
         };
+        if tuning.sample_rate > 0 {
+            let mut draws: Array<&mut MapData, u64> = Array::try_from(
+                p.bpf
+                    .map_mut(names::DRAWS)
+                    .ok_or_else(|| Error::Bpf("map DRAWS missing".into()))?,
+            )
+            .map_err(|e| bpf_err("draws", e))?;
+            for (i, d) in exponential_draws(tuning.sample_rate, SAMPLE_DRAWS).into_iter().enumerate() {
+                draws.set(i as u32, d, 0).map_err(|e| bpf_err("draws", e))?;
+            }
+        }
         for name in UPROBES.iter().chain(URETPROBES) {
             p.uprobe(name)?.load().map_err(|e| bpf_err(name, e))?;
         }
@@ -268,6 +316,7 @@ impl Probes {
             missed_returns: sum(counter::MISSED_RETURNS),
             pending_full: sum(counter::PENDING_FULL),
             hits: sum(counter::HITS),
+            sampled_full: sum(counter::SAMPLED_FULL),
         }
     }
 
@@ -336,5 +385,16 @@ fn attach_rank(f: Option<AllocFn>) -> u8 {
         Some(AllocFn::Free) => 0,
         Some(AllocFn::Realloc) | Some(AllocFn::Reallocarray) => 1,
         _ => 2,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn exponential_draws_have_the_rate_as_mean() {
+        let d = super::exponential_draws(65536, 100_000);
+        let mean = d.iter().sum::<u64>() as f64 / d.len() as f64;
+        assert!((mean / 65536.0 - 1.0).abs() < 0.02, "mean {mean}");
+        assert!(d.iter().all(|&x| x >= 1));
     }
 }

@@ -11,7 +11,7 @@ use crate::{
     allocator::{AllocFn, AllocatorLib},
     error::Result,
     intake,
-    probes::{Counters, MapSizes, Probes, Scope},
+    probes::{Counters, MapSizes, Probes, Scope, Tuning},
     stacks::StackTable,
     symbolize::Symbolizer,
 };
@@ -35,13 +35,14 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(ring_bytes: u32, min_age: Duration, scope: Scope) -> Result<Self> {
+    pub fn new(ring_bytes: u32, min_age: Duration, scope: Scope, tuning: Tuning) -> Result<Self> {
         let mut agg = Aggregator::new(min_age);
         agg.set_track_all(scope == Scope::All);
+        agg.set_sample_rate(tuning.sample_rate);
         Ok(Session {
             agg,
             sym: Symbolizer::new(),
-            probes: Probes::load(MapSizes { ring_bytes }, scope)?,
+            probes: Probes::load(MapSizes { ring_bytes }, scope, tuning)?,
             stacks: StackTable::default(),
             comms: HashMap::new(),
             malformed: 0,

@@ -131,7 +131,7 @@ pub async fn run(cfg: TraceConfig) -> Result<()> {
         }
     }
 
-    let mut session = Session::new(cfg.ring_size, cfg.min_age, Scope::Targets)?;
+    let mut session = Session::new(cfg.ring_size, cfg.min_age, Scope::Targets, cfg.tuning)?;
     session.probes.attach_tracepoints()?;
     for (pid, comm, libs) in &plan {
         let n = session.track(*pid, comm, libs)?;
@@ -287,6 +287,7 @@ impl Loop<'_> {
             is_final,
             group_by: self.cfg.group_by,
             for_pprof: self.cfg.format == Format::Pprof,
+            sample_rate: Some(self.cfg.tuning.sample_rate).filter(|&r| r > 0),
         };
         let mut r = report::build(&mut s.agg, &mut s.sym, &ctx, now_ns());
         if self.cfg.interval.is_some() {

@@ -89,7 +89,7 @@ pub async fn run(cfg: AuditConfig) -> Result<i32> {
     let initial = initial_targets(&cfg.selection)?;
     let mut a = Audit {
         cfg: &cfg,
-        session: Session::new(cfg.ring_size, cfg.min_age, scope)?,
+        session: Session::new(cfg.ring_size, cfg.min_age, scope, cfg.tuning)?,
         start: Instant::now(),
         procs: HashMap::new(),
         libs: HashMap::new(),
@@ -455,6 +455,7 @@ impl Audit<'_> {
             baseline,
             baseline_file: self.cfg.baseline.clone(),
             time: SystemTime::now(),
+            sample_rate: self.cfg.tuning.sample_rate,
         })
     }
 }

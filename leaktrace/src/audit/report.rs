@@ -72,6 +72,8 @@ pub struct AuditReport {
     pub time: String,
     pub duration_s: f64,
     pub min_age_ms: u64,
+    /// Byte-sampling rate (null: every allocation traced); figures are scaled estimates then.
+    pub sample_rate: Option<u64>,
     pub processes: Vec<AuditProcess>,
     pub libraries: Vec<Library>,
     pub lost_events: u64,
@@ -100,6 +102,7 @@ pub struct BuildInput<'a> {
     pub baseline: Option<&'a Baseline>,
     pub baseline_file: Option<PathBuf>,
     pub time: SystemTime,
+    pub sample_rate: u64,
 }
 
 pub fn build(b: BuildInput<'_>) -> AuditReport {
@@ -164,6 +167,7 @@ pub fn build(b: BuildInput<'_>) -> AuditReport {
         time: units::utc_timestamp(b.time).0,
         duration_s: b.elapsed.as_secs_f64(),
         min_age_ms: b.min_age.as_millis() as u64,
+        sample_rate: Some(b.sample_rate).filter(|&r| r > 0),
         processes,
         libraries,
         lost_events: b.counters.lost,
@@ -209,8 +213,10 @@ impl AuditReport {
             stack_errors: self.stack_errors,
             missed_returns: 0,
             malformed_events: 0,
+            sampled_set_full: 0,
+            events: 0,
             group_by: crate::config::GroupBy::Stack,
-            sample_rate: None,
+            sample_rate: self.sample_rate,
         }
     }
 }

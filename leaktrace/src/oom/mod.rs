@@ -80,7 +80,15 @@ pub async fn run(cfg: OomConfig) -> Result<()> {
         .map(|&p| target::check_pid(p))
         .collect::<Result<_>>()?;
 
-    let mut session = Session::new(cfg.ring_size, Duration::ZERO, Scope::Targets)?;
+    let mut session = Session::new(
+        cfg.ring_size,
+        Duration::ZERO,
+        Scope::Targets,
+        crate::probes::Tuning {
+            max_sampled: 1,
+            ..Default::default()
+        },
+    )?;
     session.probes.attach_tracepoints()?;
     session.probes.attach_oom()?;
     if !cfg.track_comms.is_empty() {

@@ -119,6 +119,11 @@ pub struct Report {
     pub stack_errors: u64,
     pub missed_returns: u64,
     pub malformed_events: u64,
+    /// Sampled blocks the kernel could not remember (their frees are not seen): raise
+    /// --max-sampled.
+    pub sampled_set_full: u64,
+    /// Events taken in since the start.
+    pub events: u64,
     pub leaked_bytes: u64,
     pub leaked_count: u64,
     /// "stack", "function" or "line".
@@ -140,6 +145,8 @@ pub struct Context<'a> {
     pub group_by: GroupBy,
     /// Also list stacks whose blocks were all freed (pprof's alloc_* samples), and mappings.
     pub for_pprof: bool,
+    /// Byte-sampling rate (None: every allocation); figures are scaled estimates then.
+    pub sample_rate: Option<u64>,
 }
 
 pub fn build(
@@ -165,7 +172,9 @@ pub fn build(
         report: if ctx.is_final { "final" } else { "interval" },
         time: crate::units::utc_timestamp(std::time::SystemTime::now()).0,
         group_by: ctx.group_by,
-        sample_rate: None,
+        sample_rate: ctx.sample_rate,
+        sampled_set_full: ctx.counters.sampled_full,
+        events: agg.events,
         elapsed_ms: ctx.elapsed.as_millis() as u64,
         min_age_ms: ctx.min_age.as_millis() as u64,
         leaked_bytes: processes.iter().map(|p| p.leaked_bytes).sum(),

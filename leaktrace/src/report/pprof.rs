@@ -533,6 +533,8 @@ mod tests {
             stack_errors: 0,
             missed_returns: 0,
             malformed_events: 0,
+            sampled_set_full: 0,
+            events: 0,
             leaked_bytes: 3000,
             leaked_count: 3,
             group_by: GroupBy::Stack,
