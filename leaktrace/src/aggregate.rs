@@ -32,13 +32,19 @@ pub enum BlockKind {
 
 const PAGE: u64 = 4096;
 
-/// One live block. 24 bytes; with its (pid, addr) key an entry costs about 48 bytes in the table.
+/// One live heap block, 12 bytes: with its address a table slot is 24 bytes (a 2,000,000-block
+/// process's table is what its memory is). Sizes of 4 GiB and more live in `ProcState::huge`;
+/// the time is milliseconds since the process's first allocation (49 days fit).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Block {
-    size: u64,
-    ts_ns: u64,
+    size: u32,
+    ts_ms: u32,
     stack: StackId,
 }
+const _: () = assert!(std::mem::size_of::<Block>() == 12);
+
+/// `Block::size` of a block whose real size is in `ProcState::huge`.
+const HUGE: u32 = u32::MAX;
 
 /// A live anonymous mapping: like a block, plus where the mmap was called from when the stack
 /// walk skipped that frame.
@@ -70,6 +76,10 @@ struct ProcState {
     stats: ProcStats,
     /// With sampling: unbiased estimates of outstanding bytes and blocks, allocations, frees.
     est: Estimates,
+    /// Sizes of live blocks of 4 GiB or more, by address.
+    huge: HashMap<u64, u64>,
+    /// The time blocks' `ts_ms` count from: this process's first allocation.
+    epoch_ns: Option<u64>,
     /// Every allocation seen per (stack, kind), freed or not: pprof's alloc_objects/alloc_space.
     totals: HashMap<(StackId, BlockKind), (f64, f64)>,
 }
@@ -302,15 +312,27 @@ impl ProcState {
         let t = self.totals.entry((stack, BlockKind::Heap)).or_default();
         t.0 += w;
         t.1 += w * size as f64;
-        let b = Block { size, ts_ns, stack };
+        let epoch = *self.epoch_ns.get_or_insert(ts_ns);
+        let ts_ms = (ts_ns.saturating_sub(epoch) / 1_000_000).min(u64::from(u32::MAX)) as u32;
+        // A previous block at this address (its free was missed) is replaced.
+        let old = self.heap.get(&addr).map(|b| self.size_of(addr, b));
+        let b = Block {
+            size: if size < u64::from(HUGE) { size as u32 } else { HUGE },
+            ts_ms,
+            stack,
+        };
+        self.huge.remove(&addr);
+        if b.size == HUGE {
+            self.huge.insert(addr, size);
+        }
         match self.heap.entry(addr) {
             Entry::Occupied(mut o) => {
                 self.stats.replaced += 1;
-                let old = o.get().size;
+                let old = old.unwrap_or(0);
                 let ow = weight(old, rate);
                 self.est.outstanding_count -= ow;
                 self.est.outstanding_bytes -= ow * old as f64;
-                self.stats.outstanding_bytes -= o.get().size;
+                self.stats.outstanding_bytes -= old;
                 self.stats.outstanding_bytes += size;
                 o.insert(b);
             }
@@ -322,19 +344,35 @@ impl ProcState {
         }
     }
 
+    fn size_of(&self, addr: u64, b: &Block) -> u64 {
+        if b.size == HUGE {
+            self.huge.get(&addr).copied().unwrap_or(u64::from(HUGE))
+        } else {
+            u64::from(b.size)
+        }
+    }
+
+    fn ts_ns_of(&self, b: &Block) -> u64 {
+        self.epoch_ns.unwrap_or(0) + u64::from(b.ts_ms) * 1_000_000
+    }
+
     fn free(&mut self, addr: u64, rate: u64) {
         if addr == 0 {
             return;
         }
         match self.heap.remove(&addr) {
             Some(b) => {
-                let w = weight(b.size, rate);
+                let size = self.size_of(addr, &b);
+                if b.size == HUGE {
+                    self.huge.remove(&addr);
+                }
+                let w = weight(size, rate);
                 self.est.frees += w;
                 self.est.outstanding_count -= w;
-                self.est.outstanding_bytes -= w * b.size as f64;
+                self.est.outstanding_bytes -= w * size as f64;
                 self.stats.frees += 1;
                 self.stats.outstanding_count -= 1;
-                self.stats.outstanding_bytes -= b.size;
+                self.stats.outstanding_bytes -= size;
             }
             None => self.stats.unknown_frees += 1,
         }
@@ -432,8 +470,9 @@ impl ProcState {
             g.1 += w * size as f64;
             g.2 = g.2.min(ts);
         };
-        for b in self.heap.values() {
-            add((b.stack, BlockKind::Heap, 0), b.size, b.ts_ns, weight(b.size, rate));
+        for (addr, b) in &self.heap {
+            let size = self.size_of(*addr, b);
+            add((b.stack, BlockKind::Heap, 0), size, self.ts_ns_of(b), weight(size, rate));
         }
         for r in self.maps.values() {
             add((r.stack, BlockKind::Mmap, r.caller), r.len, r.ts_ns, 1.0);
@@ -615,6 +654,21 @@ mod tests {
         assert!((weight(1 << 30, 1000) - 1.0).abs() < 1e-9);
         a.apply(&ev(EventKind::Free, 0x1000, 0, 0, 2), StackId(-1));
         assert_eq!(a.stats(Pid(P)).unwrap().outstanding_bytes, 0);
+    }
+
+    #[test]
+    fn blocks_of_four_gib_and_more_keep_their_size() {
+        let mut a = agg();
+        a.apply(&ev(EventKind::Alloc, 0x1000, 5 << 30, 0, 1), StackId(1));
+        a.apply(&ev(EventKind::Alloc, 0x2000, 10, 0, 1), StackId(1));
+        assert_eq!(totals(&a), (2, (5 << 30) + 10));
+        assert_eq!(a.survivors(Pid(P), 10 * S)[0].bytes, (5 << 30) + 10);
+        // Reused address: the huge size goes with the old block.
+        a.apply(&ev(EventKind::Alloc, 0x1000, 7, 0, 2), StackId(1));
+        assert_eq!(totals(&a), (2, 17));
+        a.apply(&ev(EventKind::Free, 0x1000, 0, 0, 3), StackId(-1));
+        a.apply(&ev(EventKind::Free, 0x2000, 0, 0, 3), StackId(-1));
+        assert_eq!(totals(&a), (0, 0));
     }
 
     #[test]
