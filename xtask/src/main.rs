@@ -2,6 +2,7 @@
 //! run a demonstration trace, run the tests. Each command lives in its own module; this file
 //! only parses the command line and turns the outcome into an exit code.
 
+mod bench;
 mod build;
 mod demo;
 mod process;
@@ -37,6 +38,13 @@ enum Command {
         #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(2..))]
         seconds: u64,
     },
+    /// Build, then measure leaktrace's overhead, attach time, memory and report time against
+    /// the targets, on the churn fixture (a few minutes; `--quick` for a smoke test).
+    Bench {
+        /// Fewer rounds and smaller sizes: checks that the benchmark runs, measures little.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Build, then run the whole workspace's tests serially (they attach real probes).
     ///
     /// Arguments after `--` go to `cargo test`; a second `--` separates arguments for the
@@ -53,6 +61,7 @@ fn main() -> ExitCode {
         Command::Setup => setup::run().map(|()| ExitCode::SUCCESS),
         Command::Build => build::run().map(|()| ExitCode::SUCCESS),
         Command::Demo { seconds } => demo::run(seconds),
+        Command::Bench { quick } => bench::run(quick),
         Command::Test { args } => test::run(&args),
     };
     outcome.unwrap_or_else(|err| {
