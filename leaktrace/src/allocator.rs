@@ -12,7 +12,6 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use object::read::ReadCache;
 use object::{Architecture, Object, ObjectSegment, ObjectSymbol, ReadRef, SymbolFlags, SymbolKind};
 use procfs::FromBufRead;
 use procfs::process::{MMPermissions, MMapPath, MemoryMaps};
@@ -172,9 +171,17 @@ pub fn inspect_elf(
         path: open_path.to_path_buf(),
         source,
     })?;
-    // Reads only the parts of the file that are looked at: executables can be huge.
-    let cache = ReadCache::new(file);
-    let elf = object::File::parse(&cache).map_err(|source| AllocatorError::Parse {
+    // Mapped, not read: executables can be huge and only their symbol tables and a few
+    // prologues are looked at. (Reading through object's ReadCache instead costs a 256-byte
+    // read(2) per symbol name: 2,500 of them for glibc, a third of the attach time.)
+    // SAFETY: the mapping is private and read-only; a file truncated under us while we parse
+    // it would fault, which is also what every loader and symbolizer reading it risks.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| AllocatorError::Open {
+        path: open_path.to_path_buf(),
+        source,
+    })?;
+    let data: &[u8] = &map;
+    let elf = object::File::parse(data).map_err(|source| AllocatorError::Parse {
         path: open_path.to_path_buf(),
         source,
     })?;
@@ -226,9 +233,11 @@ pub fn inspect_elf(
         if size > 0 {
             len = len.min(size);
         }
-        let code = cache
-            .read_bytes_at(symbol_offset, len)
-            .map_err(|()| not_found())?;
+        let code = usize::try_from(symbol_offset)
+            .ok()
+            .zip(usize::try_from(len).ok())
+            .and_then(|(start, len)| data.get(start..start.checked_add(len)?))
+            .ok_or_else(not_found)?;
         let site = choose_probe_offset(code);
         points.push(ProbePoint {
             funcs,

@@ -101,9 +101,17 @@ impl Probes {
         let all = u32::from(scope == Scope::All);
         let me = std::process::id();
         let empty = u32::from(tuning.empty);
+        // The kernel allocates a hash map's bucket array up front even without preallocated
+        // entries: 16 MiB and 14 ms of attach time for the default 1M sampled blocks, wasted
+        // when nothing is sampled.
+        let sampled_entries = if tuning.sample_rate > 0 {
+            tuning.max_sampled.max(1)
+        } else {
+            1
+        };
         let mut bpf = EbpfLoader::new()
             .map_max_entries(names::EVENTS, sizes.ring_bytes)
-            .map_max_entries(names::SAMPLED, tuning.max_sampled.max(1))
+            .map_max_entries(names::SAMPLED, sampled_entries)
             .override_global(names::WAKEUP_BYTES, &wakeup, true)
             .override_global(names::TRACE_ALL, &all, true)
             .override_global(names::SELF_TGID, &me, true)
