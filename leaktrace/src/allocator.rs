@@ -176,11 +176,19 @@ pub fn inspect_elf(
     // read(2) per symbol name: 2,500 of them for glibc, a third of the attach time.)
     // SAFETY: the mapping is private and read-only; a file truncated under us while we parse
     // it would fault, which is also what every loader and symbolizer reading it risks.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| AllocatorError::Open {
-        path: open_path.to_path_buf(),
-        source,
-    })?;
-    let data: &[u8] = &map;
+    let map = unsafe { memmap2::Mmap::map(&file) };
+    // Files that cannot be mapped (special files) are read whole; they are never large.
+    let read;
+    let data: &[u8] = match &map {
+        Ok(map) => map,
+        Err(_) => {
+            read = std::fs::read(open_path).map_err(|source| AllocatorError::Open {
+                path: open_path.to_path_buf(),
+                source,
+            })?;
+            &read
+        }
+    };
     let elf = object::File::parse(data).map_err(|source| AllocatorError::Parse {
         path: open_path.to_path_buf(),
         source,
