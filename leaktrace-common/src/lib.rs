@@ -213,6 +213,8 @@ pub mod names {
     pub const SAMPLE_RATE: &str = "SAMPLE_RATE";
     /// Global: non-zero makes every program return at once (the benchmark floor).
     pub const EMPTY: &str = "EMPTY";
+    /// Global: 0 keeps every in-flight call in the overflow map (tests of that path).
+    pub const INFLIGHT_ON: &str = "INFLIGHT_ON";
     pub const DRAWS: &str = "DRAWS";
     pub const SAMPLED: &str = "SAMPLED";
 }

@@ -56,6 +56,18 @@ static SAMPLED: HashMap<BlockKey, u8> = HashMap::with_max_entries(1 << 20, 1);
 static SAMPLE_RATE: u64 = 0;
 #[unsafe(no_mangle)]
 static EMPTY: u32 = 0;
+/// 0: every in-flight call goes to PENDING, as when thread ids collide (tests).
+#[unsafe(no_mangle)]
+static INFLIGHT_ON: u32 = 1;
+
+/// This thread's slot in INFLIGHT, whoever holds it.
+#[inline(always)]
+fn inflight_slot(tid: u32) -> Option<*mut Pending> {
+    if unsafe { core::ptr::read_volatile(&INFLIGHT_ON) } == 0 {
+        return None;
+    }
+    INFLIGHT.get_ptr_mut(tid % INFLIGHT_SLOTS)
+}
 
 #[inline(always)]
 fn sampling() -> bool {
@@ -251,7 +263,7 @@ fn alloc_enter(size: u64, ptr: u64, kind: u32) -> u32 {
         tid,
         _pad: 0,
     };
-    if let Some(slot) = INFLIGHT.get_ptr_mut(tid % INFLIGHT_SLOTS) {
+    if let Some(slot) = inflight_slot(tid) {
         // Not atomic: two colliding threads entering at the same instant on two CPUs can both
         // take the slot; the loser's return then finds nothing and is counted as missed.
         if unsafe { (*slot).tid } == 0 {
@@ -269,7 +281,7 @@ fn alloc_enter(size: u64, ptr: u64, kind: u32) -> u32 {
 #[inline(always)]
 fn in_flight(id: u64) -> Option<*mut Pending> {
     let tid = id as u32;
-    if let Some(slot) = INFLIGHT.get_ptr_mut(tid % INFLIGHT_SLOTS) {
+    if let Some(slot) = inflight_slot(tid) {
         if unsafe { (*slot).tid } == tid {
             return Some(slot);
         }
@@ -288,7 +300,7 @@ fn end_flight(id: u64, p: *mut Pending) {
             (*p).tid = 0;
         }
     }
-    if let Some(slot) = INFLIGHT.get_ptr_mut(tid % INFLIGHT_SLOTS) {
+    if let Some(slot) = inflight_slot(tid) {
         if core::ptr::eq(slot, p) {
             return;
         }
@@ -633,7 +645,7 @@ pub fn process_exit(ctx: TracePointContext) -> u32 {
     // A thread that died inside an allocator (killed, or exiting from a signal handler) must
     // not hold its in-flight slot: a later thread with a colliding id would see a nested call.
     let tid = id as u32;
-    if let Some(slot) = INFLIGHT.get_ptr_mut(tid % INFLIGHT_SLOTS) {
+    if let Some(slot) = inflight_slot(tid) {
         if unsafe { (*slot).tid } == tid {
             unsafe { (*slot).tid = 0 };
         }
