@@ -87,6 +87,32 @@ fn launch_mode_reports_every_site_exactly() {
     assert!(text.contains("leaky.c"), "no source file in frames");
 }
 
+/// Allocator calls in flight live in a per-thread array slot; a thread whose slot another holds
+/// (ids equal modulo the slot count: possible where pid_max exceeds it) falls back to a map.
+/// With every call forced onto that fallback the report must be as exact.
+#[test]
+fn the_in_flight_fallback_map_is_exact_too() {
+    require_kernel!();
+    let leaky = common::fixture("leaky", &[]);
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("overflow.json");
+    let mut lt = leaktrace()
+        .args(["trace", "--min-age", "0s", "--top", "1000", "--format", "json", "-o"])
+        .arg(&out)
+        .arg("--pending-overflow-only")
+        .arg("--")
+        .arg(&leaky)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let st = wait_with_timeout(&mut lt);
+    assert!(st.success(), "leaktrace exited with {st}");
+    let report = last_report(&out);
+    check_sites(&report);
+    assert_eq!(report["missed_returns"], 0, "{report:#}");
+    let expected: u64 = EXPECTED.iter().map(|e| 2 * e.2).sum();
+    assert_eq!(report["processes"][0]["leaked_bytes"], expected);
+}
+
 #[test]
 fn pid_mode_reports_sites_and_ignores_blocks_from_before_attach() {
     require_kernel!();

@@ -64,7 +64,8 @@ pub struct Event {
     /// Number of user stack frames (u64 instruction pointers, innermost first) that follow this
     /// header in the record; 0 for kinds without a stack or when the kernel could not take it.
     pub frames: u32,
-    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds; 0 in `Free` events, which need no
+    /// time.
     pub ts_ns: u64,
     pub addr: u64,
     pub size: u64,
@@ -139,9 +140,10 @@ pub struct BlockKey {
 }
 const _: () = assert!(core::mem::size_of::<BlockKey>() == 16);
 
-/// Per-thread state between an allocator's entry and return probes, keyed by `pid_tgid`.
-/// Its presence also marks "an allocator call is in flight" so that the allocator's own
-/// mmaps are not counted a second time.
+/// Per-thread state between an allocator's entry and return probes: in the slot of its thread
+/// id in the in-flight array, or (when another thread holds that slot) in the overflow map keyed
+/// by `pid_tgid`. Its presence also marks "an allocator call is in flight" so that the
+/// allocator's own mmaps are not counted a second time.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Pending {
@@ -154,8 +156,15 @@ pub struct Pending {
     /// Allocator calls nested inside this one (glibc's `reallocarray` tail-calls `realloc`);
     /// only the outermost call is reported.
     pub depth: u32,
+    /// The thread owning an in-flight array slot; 0 (the idle task, never in user space) when
+    /// the slot is free.
+    pub tid: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Pending>() == 24);
+const _: () = assert!(core::mem::size_of::<Pending>() == 32);
+
+/// Slots of the in-flight array, indexed by thread id modulo this.
+pub const INFLIGHT_SLOTS: u32 = 32768;
 
 /// Arguments of an in-flight mmap/munmap/mremap, saved at `sys_enter_*` until `sys_exit_*`.
 #[repr(C)]
@@ -204,6 +213,8 @@ pub mod names {
     pub const SAMPLE_RATE: &str = "SAMPLE_RATE";
     /// Global: non-zero makes every program return at once (the benchmark floor).
     pub const EMPTY: &str = "EMPTY";
+    /// Global: 0 keeps every in-flight call in the overflow map (tests of that path).
+    pub const INFLIGHT_ON: &str = "INFLIGHT_ON";
     pub const DRAWS: &str = "DRAWS";
     pub const SAMPLED: &str = "SAMPLED";
 }

@@ -14,7 +14,7 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use leaktrace_common::{
-    BlockKey, COMM_LEN, Event, EventKind, MAP_ANONYMOUS, MAX_FRAMES, OOM_RAW, Pending, RawRecord,
+    BlockKey, COMM_LEN, Event, EventKind, INFLIGHT_SLOTS, MAP_ANONYMOUS, MAX_FRAMES, OOM_RAW, Pending, RawRecord,
     Record, SAMPLE_DRAWS, SMALL_FRAMES, SyscallArgs, call, counter, nr,
 };
 
@@ -26,11 +26,16 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 /// breakpoints across fork.
 #[map]
 static TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
-/// Allocator calls in flight, by thread: one entry per thread inside malloc at a time, so a
-/// few thousand suffice; an LRU map so that a thread killed inside malloc cannot leak its
-/// entry. Every entry is preallocated: 65,536 cost 12 ms of attach time, 16,384 cost 3 ms.
+/// Allocator calls in flight, one slot per thread id modulo INFLIGHT_SLOTS. An array slot is an
+/// address computed inline, where a hash map costs two locked helper calls per allocation
+/// (~250 ns measured with the LRU map this replaces). A thread whose slot another thread holds
+/// uses PENDING instead; a thread that dies inside malloc has its slot cleared at its exit.
 #[map]
-static PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(16384, 0);
+static INFLIGHT: Array<Pending> = Array::with_max_entries(INFLIGHT_SLOTS, 0);
+/// Overflow of INFLIGHT (rare: two threads whose ids collide, inside an allocator at once). An
+/// LRU map, so that an entry whose return never came cannot stay forever.
+#[map]
+static PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(4096, 0);
 #[map]
 static SYSCALLS: LruHashMap<u64, SyscallArgs> = LruHashMap::with_max_entries(16384, 0);
 #[map]
@@ -51,6 +56,18 @@ static SAMPLED: HashMap<BlockKey, u8> = HashMap::with_max_entries(1 << 20, 1);
 static SAMPLE_RATE: u64 = 0;
 #[unsafe(no_mangle)]
 static EMPTY: u32 = 0;
+/// 0: every in-flight call goes to PENDING, as when thread ids collide (tests).
+#[unsafe(no_mangle)]
+static INFLIGHT_ON: u32 = 1;
+
+/// This thread's slot in INFLIGHT, whoever holds it.
+#[inline(always)]
+fn inflight_slot(tid: u32) -> Option<*mut Pending> {
+    if unsafe { core::ptr::read_volatile(&INFLIGHT_ON) } == 0 {
+        return None;
+    }
+    INFLIGHT.get_ptr_mut(tid % INFLIGHT_SLOTS)
+}
 
 #[inline(always)]
 fn sampling() -> bool {
@@ -116,6 +133,18 @@ fn traced(tgid: u32) -> bool {
     unsafe { TARGETS.get(&tgid).is_some() }
 }
 
+/// `traced` for the allocator probes. Without TRACE_ALL they are attached to the targets only,
+/// and the kernel runs them only in a target's address space (a uprobe perf event filters by
+/// mm, so a forked child's inherited breakpoints do not run them): the TARGETS lookup, ~40 ns
+/// per call, would only repeat that.
+#[inline(always)]
+fn uprobe_traced(tgid: u32) -> bool {
+    if unsafe { core::ptr::read_volatile(&TRACE_ALL) } != 0 {
+        return tgid != unsafe { core::ptr::read_volatile(&SELF_TGID) };
+    }
+    true
+}
+
 #[inline(always)]
 fn wakeup_flags() -> u64 {
     let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
@@ -179,6 +208,19 @@ fn emit_with_stack<C: EbpfContext>(ctx: &C, ev: &Event) {
     }
 }
 
+/// A free's event: no time, which nothing reads (a free only ends its block), so that the
+/// hottest probe skips the clock read.
+#[inline(always)]
+fn free_event(pid_tgid: u64, addr: u64) -> Event {
+    Event {
+        kind: EventKind::Free as u32,
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        addr,
+        ..Event::default()
+    }
+}
+
 #[inline(always)]
 fn event(kind: EventKind, pid_tgid: u64) -> Event {
     Event {
@@ -198,11 +240,11 @@ fn alloc_enter(size: u64, ptr: u64, kind: u32) -> u32 {
         return 0;
     }
     let id = bpf_get_current_pid_tgid();
-    if !traced((id >> 32) as u32) {
+    if !uprobe_traced((id >> 32) as u32) {
         return 0;
     }
     bump(counter::HITS);
-    if let Some(p) = PENDING.get_ptr_mut(&id) {
+    if let Some(p) = in_flight(id) {
         // An allocator called from inside another one: the outer call reports.
         unsafe { (*p).depth += 1 };
         return 0;
@@ -212,16 +254,58 @@ fn alloc_enter(size: u64, ptr: u64, kind: u32) -> u32 {
     } else {
         kind
     };
+    let tid = id as u32;
     let p = Pending {
         size,
         ptr,
         call,
         depth: 0,
+        tid,
+        _pad: 0,
     };
+    if let Some(slot) = inflight_slot(tid) {
+        // Not atomic: two colliding threads entering at the same instant on two CPUs can both
+        // take the slot; the loser's return then finds nothing and is counted as missed.
+        if unsafe { (*slot).tid } == 0 {
+            unsafe { *slot = p };
+            return 0;
+        }
+    }
     if PENDING.insert(&id, &p, 0).is_err() {
         bump(counter::PENDING_FULL);
     }
     0
+}
+
+/// This thread's in-flight allocator call: its array slot if it holds it, else the overflow.
+#[inline(always)]
+fn in_flight(id: u64) -> Option<*mut Pending> {
+    let tid = id as u32;
+    if let Some(slot) = inflight_slot(tid) {
+        if unsafe { (*slot).tid } == tid {
+            return Some(slot);
+        }
+    }
+    PENDING.get_ptr_mut(&id)
+}
+
+/// Ends this thread's in-flight call found at `p` by [`in_flight`].
+#[inline(always)]
+fn end_flight(id: u64, p: *mut Pending) {
+    let tid = id as u32;
+    unsafe {
+        if (*p).tid == tid {
+            // Whether array slot or overflow entry, a zero tid frees an array slot; the
+            // overflow entry is removed too (it is found by key, not by tid).
+            (*p).tid = 0;
+        }
+    }
+    if let Some(slot) = inflight_slot(tid) {
+        if core::ptr::eq(slot, p) {
+            return;
+        }
+    }
+    let _ = PENDING.remove(&id);
 }
 
 #[inline(always)]
@@ -230,20 +314,20 @@ fn alloc_exit(ctx: &RetProbeContext) -> u32 {
         return 0;
     }
     let id = bpf_get_current_pid_tgid();
-    let Some(p) = PENDING.get_ptr_mut(&id) else {
-        if traced((id >> 32) as u32) {
+    let Some(slot) = in_flight(id) else {
+        if uprobe_traced((id >> 32) as u32) {
             bump(counter::MISSED_RETURNS);
         }
         return 0;
     };
     let p = unsafe {
-        if (*p).depth > 0 {
-            (*p).depth -= 1;
+        if (*slot).depth > 0 {
+            (*slot).depth -= 1;
             return 0;
         }
-        *p
+        *slot
     };
-    let _ = PENDING.remove(&id);
+    end_flight(id, slot);
     bump(counter::HITS);
     if p.call == call::INTERNAL {
         return 0;
@@ -302,7 +386,7 @@ fn free_enter(ptr: u64) -> u32 {
         return 0;
     }
     let id = bpf_get_current_pid_tgid();
-    if ptr == 0 || !traced((id >> 32) as u32) {
+    if ptr == 0 || !uprobe_traced((id >> 32) as u32) {
         return 0;
     }
     bump(counter::HITS);
@@ -310,9 +394,7 @@ fn free_enter(ptr: u64) -> u32 {
         release_sampled(id, ptr);
         return 0;
     }
-    let mut ev = event(EventKind::Free, id);
-    ev.addr = ptr;
-    emit(&ev);
+    emit(&free_event(id, ptr));
     0
 }
 
@@ -324,9 +406,7 @@ fn release_sampled(id: u64, ptr: u64) {
         return;
     }
     let _ = SAMPLED.remove(&key);
-    let mut ev = event(EventKind::Free, id);
-    ev.addr = ptr;
-    emit(&ev);
+    emit(&free_event(id, ptr));
 }
 
 #[inline(always)]
@@ -478,7 +558,7 @@ fn syscall_exit(ctx: &TracePointContext, nr: u32) -> Option<(u64, SyscallArgs, i
 /// block is already counted by the allocator's probes.
 #[inline(always)]
 fn interesting(id: u64) -> bool {
-    traced((id >> 32) as u32) && unsafe { PENDING.get(&id).is_none() }
+    traced((id >> 32) as u32) && in_flight(id).is_none()
 }
 
 #[tracepoint]
@@ -562,6 +642,14 @@ const GROUP_DEAD: usize = 32;
 #[tracepoint]
 pub fn process_exit(ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
+    // A thread that died inside an allocator (killed, or exiting from a signal handler) must
+    // not hold its in-flight slot: a later thread with a colliding id would see a nested call.
+    let tid = id as u32;
+    if let Some(slot) = inflight_slot(tid) {
+        if unsafe { (*slot).tid } == tid {
+            unsafe { (*slot).tid = 0 };
+        }
+    }
     let tgid = (id >> 32) as u32;
     if !traced(tgid) {
         return 0;

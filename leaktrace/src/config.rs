@@ -168,6 +168,7 @@ impl TryFrom<AuditArgs> for AuditConfig {
                 sample_rate: parse_sample_rate(&a.sample_rate)?,
                 max_sampled: a.max_sampled,
                 empty: false,
+                overflow_only: false,
             },
             ring_size: a.ring_size,
         })
@@ -333,6 +334,10 @@ pub struct TraceArgs {
     /// Attach the same probes with programs that do nothing (measures the probe floor).
     #[arg(long, hide = true)]
     pub empty_probes: bool,
+    /// Keep in-flight allocator calls in the overflow map only (tests of the path taken when
+    /// two threads' ids share an array slot).
+    #[arg(long, hide = true)]
+    pub pending_overflow_only: bool,
     /// Ring buffer size in bytes (power of two, multiple of the page size). Events that find it
     /// full are lost (counted); it absorbs the drain's pauses.
     #[arg(long, default_value_t = 16 << 20, value_name = "BYTES")]
@@ -437,6 +442,7 @@ impl TryFrom<TraceArgs> for TraceConfig {
                 sample_rate: parse_sample_rate(&a.sample_rate)?,
                 max_sampled: a.max_sampled,
                 empty: a.empty_probes,
+                overflow_only: a.pending_overflow_only,
             },
             ring_size,
         })

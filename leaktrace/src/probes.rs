@@ -35,6 +35,9 @@ pub struct Tuning {
     pub max_sampled: u32,
     /// Every program returns at once: the cost of the probes alone (benchmarks).
     pub empty: bool,
+    /// Keep in-flight allocator calls in the overflow map only, never the per-thread array
+    /// (tests of the path that colliding thread ids take).
+    pub overflow_only: bool,
 }
 
 /// Which processes the programs report.
@@ -101,6 +104,7 @@ impl Probes {
         let all = u32::from(scope == Scope::All);
         let me = std::process::id();
         let empty = u32::from(tuning.empty);
+        let inflight_on = u32::from(!tuning.overflow_only);
         // The kernel allocates a hash map's bucket array up front even without preallocated
         // entries: 16 MiB and 14 ms of attach time for the default 1M sampled blocks, wasted
         // when nothing is sampled.
@@ -117,6 +121,7 @@ impl Probes {
             .override_global(names::SELF_TGID, &me, true)
             .override_global(names::SAMPLE_RATE, &tuning.sample_rate, true)
             .override_global(names::EMPTY, &empty, true)
+            .override_global(names::INFLIGHT_ON, &inflight_on, true)
             .load(EBPF_OBJECT)
             .map_err(|e| bpf_err("loading the eBPF object", e))?;
         let take = |bpf: &mut Ebpf, name: &str| {
