@@ -36,8 +36,10 @@ static INFLIGHT: Array<Pending> = Array::with_max_entries(INFLIGHT_SLOTS, 0);
 /// LRU map, so that an entry whose return never came cannot stay forever.
 #[map]
 static PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(4096, 0);
+/// Arguments of the traced threads' mmap/munmap/mremap calls in flight (preallocated, like
+/// every LRU map: 4,096 entries are 0.4 MiB, more than threads in a syscall at once).
 #[map]
-static SYSCALLS: LruHashMap<u64, SyscallArgs> = LruHashMap::with_max_entries(16384, 0);
+static SYSCALLS: LruHashMap<u64, SyscallArgs> = LruHashMap::with_max_entries(4096, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 /// Byte sampling: bytes left until the next sample, per CPU (a Poisson process over the bytes

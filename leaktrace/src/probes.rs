@@ -107,15 +107,17 @@ impl Probes {
         let inflight_on = u32::from(!tuning.overflow_only);
         // The kernel allocates a hash map's bucket array up front even without preallocated
         // entries: 16 MiB and 14 ms of attach time for the default 1M sampled blocks, wasted
-        // when nothing is sampled.
+        // when nothing is sampled; so are the sampling draws.
         let sampled_entries = if tuning.sample_rate > 0 {
             tuning.max_sampled.max(1)
         } else {
             1
         };
+        let draws = if tuning.sample_rate > 0 { SAMPLE_DRAWS } else { 1 };
         let mut bpf = EbpfLoader::new()
             .map_max_entries(names::EVENTS, sizes.ring_bytes)
             .map_max_entries(names::SAMPLED, sampled_entries)
+            .map_max_entries(names::DRAWS, draws)
             .override_global(names::WAKEUP_BYTES, &wakeup, true)
             .override_global(names::TRACE_ALL, &all, true)
             .override_global(names::SELF_TGID, &me, true)
