@@ -186,7 +186,8 @@ pub mod counter {
     pub const LOST: u32 = 0;
     /// `bpf_get_stack` failed: the event carries no frames.
     pub const STACK_ERRORS: u32 = 1;
-    /// A return probe found no pending entry (evicted from the LRU map).
+    /// A return probe found no in-flight entry: the call entered while the probes were being
+    /// attached, or its entry was evicted from the overflow map or lost to a slot collision.
     pub const MISSED_RETURNS: u32 = 2;
     /// The pending map could not take a new entry.
     pub const PENDING_FULL: u32 = 3;

@@ -265,13 +265,17 @@ impl Probes {
         let mut n = 0;
         for point in points {
             let Some(&func) = point.funcs.first() else { continue };
-            let entry = entry_program(func);
-            self.attach_uprobe(entry, point, lib, scope, owner)?;
-            n += 1;
+            // The return probe first: a call whose entry is seen then always has its return
+            // seen. The other way round, a call entering between the two attaches would stay
+            // "in flight" for good, and its thread's later calls would count as nested in it and
+            // never be reported. A return seen without its entry (a call under way at attach)
+            // is counted in missed_returns and ignored.
             if func != AllocFn::Free {
                 self.attach_uprobe("alloc_return", point, lib, scope, owner)?;
                 n += 1;
             }
+            self.attach_uprobe(entry_program(func), point, lib, scope, owner)?;
+            n += 1;
         }
         self.attached += n;
         Ok(n)
