@@ -54,14 +54,15 @@ fn check_sites(report: &serde_json::Value) {
     assert_eq!(report["stack_errors"], 0);
 }
 
-#[test]
-fn launch_mode_reports_every_site_exactly() {
-    require_kernel!();
+/// Launches the leaky fixture under `leaktrace trace` with `extra` options and returns the final
+/// JSON report, written to `name` in the test directory.
+fn launch_leaky(name: &str, extra: &[&str]) -> serde_json::Value {
     let leaky = common::fixture("leaky", &[]);
-    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("launch.json");
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
     let mut lt = leaktrace()
         .args(["trace", "--min-age", "0s", "--top", "1000", "--format", "json", "-o"])
         .arg(&out)
+        .args(extra)
         .arg("--")
         .arg(&leaky)
         .stdout(Stdio::null())
@@ -70,7 +71,13 @@ fn launch_mode_reports_every_site_exactly() {
     // The command exits by itself; leaktrace ends when its target has exited.
     let st = wait_with_timeout(&mut lt);
     assert!(st.success(), "leaktrace exited with {st}");
-    let report = last_report(&out);
+    last_report(&out)
+}
+
+#[test]
+fn launch_mode_reports_every_site_exactly() {
+    require_kernel!();
+    let report = launch_leaky("launch.json", &[]);
     assert_eq!(report["report"], "final");
     let procs = report["processes"].as_array().unwrap();
     assert_eq!(procs.len(), 1);
@@ -93,20 +100,7 @@ fn launch_mode_reports_every_site_exactly() {
 #[test]
 fn the_in_flight_fallback_map_is_exact_too() {
     require_kernel!();
-    let leaky = common::fixture("leaky", &[]);
-    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("overflow.json");
-    let mut lt = leaktrace()
-        .args(["trace", "--min-age", "0s", "--top", "1000", "--format", "json", "-o"])
-        .arg(&out)
-        .arg("--pending-overflow-only")
-        .arg("--")
-        .arg(&leaky)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let st = wait_with_timeout(&mut lt);
-    assert!(st.success(), "leaktrace exited with {st}");
-    let report = last_report(&out);
+    let report = launch_leaky("overflow.json", &["--pending-overflow-only"]);
     check_sites(&report);
     assert_eq!(report["missed_returns"], 0, "{report:#}");
     let expected: u64 = EXPECTED.iter().map(|e| 2 * e.2).sum();
