@@ -185,15 +185,20 @@ impl Probes {
     /// munmap probe was live could otherwise be reported as a leak.
     pub fn attach_tracepoints(&mut self) -> Result<()> {
         for (prog, category, event) in TRACEPOINTS {
-            self.tracepoint(prog)?
-                .attach(category, event)
-                .map_err(|e| Error::Attach {
-                    program: prog.to_string(),
-                    target: format!("tracepoint {category}/{event}"),
-                    reason: e.to_string(),
-                })?;
-            self.attached += 1;
+            self.attach_tracepoint(prog, category, event)?;
         }
+        Ok(())
+    }
+
+    fn attach_tracepoint(&mut self, prog: &str, category: &str, event: &str) -> Result<()> {
+        self.tracepoint(prog)?
+            .attach(category, event)
+            .map_err(|e| Error::Attach {
+                program: prog.to_string(),
+                target: format!("tracepoint {category}/{event}"),
+                reason: e.to_string(),
+            })?;
+        self.attached += 1;
         Ok(())
     }
 
@@ -211,15 +216,7 @@ impl Probes {
         let Some((_, category, event)) = WATCH_TRACEPOINTS.iter().find(|t| t.0 == prog) else {
             return Err(Error::Bpf(format!("unknown tracepoint program {prog}")));
         };
-        self.tracepoint(prog)?
-            .attach(category, event)
-            .map_err(|e| Error::Attach {
-                program: prog.to_string(),
-                target: format!("tracepoint {category}/{event}"),
-                reason: e.to_string(),
-            })?;
-        self.attached += 1;
-        Ok(())
+        self.attach_tracepoint(prog, category, event)
     }
 
     pub fn is_probed(&self, lib: (u64, u64)) -> bool {
