@@ -227,7 +227,7 @@ fn bad_input() {
     let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join("not-a-dir");
     std::fs::write(&file, b"x").unwrap();
     usage_error(&["--dir", file.to_str().unwrap()], None, "not a directory");
-    usage_error(&["--dir", "/proc/self"], None, "cannot write there");
+    usage_error(&["--dir", "/proc/1"], None, "cannot write there");
     let d = report_dir("oom-bad");
     let d = d.to_str().unwrap();
     usage_error(&["--dir", d, "--snapshot-rss", "12parsecs"], None, "--snapshot-rss");

@@ -20,3 +20,4 @@ pub mod tpformat;
 pub mod trend;
 pub mod units;
 pub mod session;
+pub mod sink;

@@ -3,6 +3,7 @@ use clap::Parser;
 use leaktrace::{
     config::{AuditConfig, Cli, Command, OomConfig, TraceConfig},
     error::{EXIT_USAGE, Error},
+    sink::{Mode, Sink},
 };
 
 fn diff(args: &leaktrace::config::DiffArgs) -> Result<i32, Error> {
@@ -11,14 +12,15 @@ fn diff(args: &leaktrace::config::DiffArgs) -> Result<i32, Error> {
         return Err(Error::Usage("diff --format: text or json".into()));
     }
     let d = leaktrace::diff::diff(&args.old, &args.new)?;
-    let mut out = std::io::stdout().lock();
-    match leaktrace::diff::render(&d, args.format, &mut out) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
-        _ => Ok(0),
-    }
+    // Rendered whole, then written: a reader gone away (`| head`) is exit 0 in every format.
+    let mut out = Sink::stdout(Mode::Replace);
+    out.emit(|buf| leaktrace::diff::render(&d, args.format, buf))?;
+    Ok(0)
 }
 
 fn main() {
+    // Before anything opens a file that could take the number of a closed stdout.
+    leaktrace::sink::guard_std_fds();
     // The aggregator's tables grow by doubling and free the old table. glibc raises its mmap
     // threshold to the size of each mmapped block freed (up to 32 MiB), so the next tables
     // come from the heap and, once freed, stay in it: 20 MiB of a tracer holding 2,000,000

@@ -2,7 +2,7 @@
 //! drains the ring buffer into the aggregator and prints reports (on an interval, and a final one
 //! on Ctrl-C, SIGTERM, --duration or when every target has exited).
 use std::{
-    io::{IsTerminal, Write},
+    io::IsTerminal,
     time::{Duration, Instant},
 };
 
@@ -21,6 +21,7 @@ use crate::{
     report::{self, Report},
     probes::Scope,
     session::Session,
+    sink::{Delivery, Mode, Sink},
     target,
 };
 
@@ -107,7 +108,9 @@ pub async fn run(cfg: TraceConfig) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     target::check_environment()?;
-    let mut out = Output::open(&cfg)?;
+    // A pprof profile or an SVG is a whole document: each report replaces the file.
+    let mode = if cfg.format.needs_file() { Mode::Replace } else { Mode::Append };
+    let mut out = Sink::to(cfg.output.as_deref(), mode)?;
     let metrics = crate::session::start_metrics(cfg.metrics_addr).await?;
 
     // Targets and their allocators, all checked before anything is loaded.
@@ -297,70 +300,12 @@ impl Loop<'_> {
     }
 
     /// Writes a report; false when the reader went away (`| head`), which ends quietly.
-    fn emit(&mut self, r: &Report, out: &mut Output) -> Result<bool> {
+    fn emit(&mut self, r: &Report, out: &mut Sink) -> Result<bool> {
         if self.status {
             eprint!("\r\x1b[K");
         }
-        match out.write(self.cfg.format, r) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
-            Err(e) => Err(Error::Output {
-                path: self
-                    .cfg
-                    .output
-                    .clone()
-                    .unwrap_or_else(|| "standard output".into()),
-                source: e,
-            }),
-        }
-    }
-}
-
-/// Where reports go. Text, JSON and folded reports are appended; a pprof profile or an SVG is a
-/// whole document, so with -o each report replaces the file (atomically).
-enum Output {
-    Stdout,
-    Append(std::io::BufWriter<std::fs::File>),
-    Replace(std::path::PathBuf),
-}
-
-impl Output {
-    fn open(cfg: &TraceConfig) -> Result<Self> {
-        let Some(path) = &cfg.output else {
-            return Ok(Output::Stdout);
-        };
-        let err = |source| Error::Output {
-            path: path.clone(),
-            source,
-        };
-        let file = std::fs::File::create(path).map_err(err)?;
-        Ok(if cfg.format.needs_file() {
-            Output::Replace(path.clone())
-        } else {
-            Output::Append(std::io::BufWriter::new(file))
-        })
-    }
-
-    fn write(&mut self, format: Format, r: &Report) -> std::io::Result<()> {
-        match self {
-            Output::Stdout => {
-                let mut o = std::io::stdout().lock();
-                report::render(format, r, &mut o)?;
-                o.flush()
-            }
-            Output::Append(w) => {
-                report::render(format, r, w)?;
-                w.flush()
-            }
-            Output::Replace(path) => {
-                let tmp = path.with_extension("tmp");
-                let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-                report::render(format, r, &mut f)?;
-                f.flush()?;
-                drop(f);
-                std::fs::rename(&tmp, path)
-            }
-        }
+        let format = self.cfg.format;
+        Ok(out.emit(|buf| report::render(format, r, buf))? == Delivery::Written)
     }
 }
 

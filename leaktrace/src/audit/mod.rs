@@ -26,6 +26,7 @@ use crate::{
     probes::Scope,
     procinfo,
     session::{Session, Watch},
+    sink::{Mode, Sink},
     target,
     trace::now_ns,
     trend::{History, Sample},
@@ -75,13 +76,8 @@ pub async fn run(cfg: AuditConfig) -> Result<i32> {
     let mut sigint = signal(SignalKind::interrupt())?;
     target::check_environment()?;
     let baseline = cfg.baseline.as_deref().map(report::load_baseline).transpose()?;
-    let mut out: Box<dyn Write> = match &cfg.output {
-        Some(p) => Box::new(std::fs::File::create(p).map_err(|source| Error::Output {
-            path: p.clone(),
-            source,
-        })?),
-        None => Box::new(std::io::stdout()),
-    };
+    // Checked now, written once at the end: 0600, as the report holds every command line.
+    let mut out = Sink::to(cfg.output.as_deref(), Mode::Replace)?;
     let scope = match cfg.selection {
         Selection::All => Scope::All,
         Selection::Chosen { .. } => Scope::Targets,
@@ -153,24 +149,14 @@ pub async fn run(cfg: AuditConfig) -> Result<i32> {
     let above = cfg
         .fail_above
         .is_some_and(|limit| r.processes.iter().any(|p| p.leak_rate_bytes_per_s > limit));
-    let res = match cfg.format {
-        Format::Json => serde_json::to_writer_pretty(&mut out, &r)
+    // A reader gone away (`| head`) is not a failure: the exit code still says what was found.
+    out.emit(|out| match cfg.format {
+        Format::Json => serde_json::to_writer_pretty(&mut *out, &r)
             .map_err(std::io::Error::other)
             .and_then(|_| out.write_all(b"\n")),
-        Format::Text => report::render_text(&r, cfg.fail_above, &mut out),
-        other => crate::report::render(other, &r.as_report(), &mut out),
-    }
-    .and_then(|_| out.flush());
-    match res {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-        Err(source) => {
-            return Err(Error::Output {
-                path: cfg.output.clone().unwrap_or_else(|| "standard output".into()),
-                source,
-            });
-        }
-    }
+        Format::Text => report::render_text(&r, cfg.fail_above, out),
+        other => crate::report::render(other, &r.as_report(), out),
+    })?;
     Ok(if above { EXIT_ABOVE } else { 0 })
 }
 

@@ -156,25 +156,64 @@ pub async fn run(cfg: OomConfig) -> Result<()> {
 }
 
 /// Creates DIR 0700 if missing; refuses a non-directory or one we cannot write.
+/// Makes sure `--dir` is a private directory of root's before anything is traced: created 0700
+/// when missing; an existing one is used as it is (never chmodded: `--dir /tmp` must not lock
+/// everyone out of /tmp) or refused when it is a symbolic link, someone else's, or writable by
+/// others, since reports hold command lines and whoever can write there can plant or swap files.
 fn prepare_dir(dir: &Path) -> Result<()> {
     let bad = |why: String| Error::Usage(format!("--dir {}: {why}", dir.display()));
-    match std::fs::metadata(dir) {
+    let mut created = false;
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(bad("is a symbolic link: give the directory itself".into()));
+        }
         Ok(m) if !m.is_dir() => return Err(bad("not a directory: give a directory for reports".into())),
         Ok(_) => {}
         Err(_) => {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| bad(format!("cannot create it: {e}")))?;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(parent)
+                    .map_err(|e| bad(format!("cannot create it: {e}")))?;
+            }
+            match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+                Ok(()) => created = true,
+                // Made meanwhile by someone else: checked below like any existing directory.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(bad(format!("cannot create it: {e}"))),
+            }
         }
     }
-    let probe = dir.join(format!(".leaktrace-write-test-{}", std::process::id()));
-    std::fs::write(&probe, b"")
-        .and_then(|_| std::fs::remove_file(&probe))
+    let d = crate::sink::Dir::open(dir, false).map_err(|e| bad(e.to_string()))?;
+    if created {
+        // Ours, just made: 0700 whatever the umask took off.
+        d.chmod(0o700).map_err(|e| bad(format!("cannot set its mode: {e}")))?;
+    }
+    let m = d.metadata().map_err(|e| bad(e.to_string()))?;
+    // SAFETY: no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if m.uid() != me {
+        return Err(bad(format!(
+            "owned by uid {}, not by uid {me} (leaktrace): reports hold command lines; give a directory of yours such as /var/lib/leaktrace/oom",
+            m.uid()
+        )));
+    }
+    let mode = m.permissions().mode() & 0o7777;
+    let writers = if mode & 0o002 != 0 {
+        "others".to_string()
+    } else if mode & 0o020 != 0 && m.gid() != 0 {
+        format!("group {}", m.gid())
+    } else {
+        String::new()
+    };
+    if !writers.is_empty() {
+        return Err(bad(format!(
+            "writable by {writers} (mode {mode:04o}): they could plant or replace reports there; give a private directory such as /var/lib/leaktrace/oom"
+        )));
+    }
+    d.probe(std::ffi::OsStr::new(".leaktrace-write-test"))
         .map_err(|e| bad(format!("cannot write there: {e}")))?;
-    // Reports name processes and their command lines: keep them to root.
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
     Ok(())
 }
 
@@ -456,17 +495,23 @@ impl Watcher<'_> {
     }
 
     fn print_line(&self, r: &OomReport, path: &Path) {
+        use crate::sink::{Delivery, Mode, Sink};
+        use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+        // The files are the watcher's output; this line is a notice. A reader that went away
+        // (`| head -1`, a restarted log collector) ends the lines, never the watching.
+        static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
+        if STDOUT_GONE.load(Relaxed) {
+            return;
+        }
         let v = &r.victim;
-        match self.cfg.format {
-            Format::Json => println!(
-                "{}",
-                serde_json::json!({
-                    "reason": r.reason, "time": r.time, "pid": v.pid, "comm": v.comm,
-                    "anon_rss_kb": v.anon_rss_kb, "cgroup": v.cgroup, "oom_scope": r.oom_scope,
-                    "report": path,
-                })
-            ),
-            _ => println!(
+        let line = match self.cfg.format {
+            Format::Json => serde_json::json!({
+                "reason": r.reason, "time": r.time, "pid": v.pid, "comm": v.comm,
+                "anon_rss_kb": v.anon_rss_kb, "cgroup": v.cgroup, "oom_scope": r.oom_scope,
+                "report": path,
+            })
+            .to_string(),
+            _ => format!(
                 "leaktrace: {} pid {} ({}) anon-rss {} cgroup {} ({}) -> {}",
                 r.reason,
                 v.pid,
@@ -478,6 +523,17 @@ impl Watcher<'_> {
                 r.oom_scope,
                 path.display()
             ),
+        };
+        match Sink::stdout(Mode::Append).write(format!("{line}\n").as_bytes()) {
+            Ok(Delivery::Written) => {}
+            Ok(Delivery::ReaderGone) => {
+                STDOUT_GONE.store(true, Relaxed);
+                eprintln!(
+                    "leaktrace: standard output was closed: no more report lines there; reports are still written to {}",
+                    self.cfg.dir.display()
+                );
+            }
+            Err(e) => eprintln!("leaktrace: warning: {e}"),
         }
     }
 }

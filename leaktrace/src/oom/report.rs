@@ -1,10 +1,9 @@
 //! The OOM forensic report: its model (the JSON schema), its text rendering, and writing both
-//! files atomically (temporary file, then rename) with mode 0600, so that a storm of kills leaves
-//! one whole report each and never a half-written one.
+//! files atomically through the sink (unpredictable temporary, fsync, rename; mode 0600), so that
+//! a storm of kills leaves one whole report each and never a half-written one.
 use std::{
-    fs::OpenOptions,
+    ffi::OsStr,
     io::Write,
-    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
 };
 
@@ -68,9 +67,11 @@ pub fn write(dir: &Path, name: &str, r: &OomReport, format: Format) -> std::io::
     let json = serde_json::to_vec_pretty(r).map_err(std::io::Error::other)?;
     let mut txt = Vec::new();
     render_text(r, &mut txt)?;
-    let json_path = dir.join(format!("{name}.json"));
-    atomic_write(&json_path, &json)?;
-    atomic_write(&dir.join(format!("{name}.txt")), &txt)?;
+    // Held open for the three files: a directory swapped for a link meanwhile is not followed.
+    let d = crate::sink::Dir::open(dir, false)?;
+    let json_name = format!("{name}.json");
+    d.replace(OsStr::new(&json_name), &json)?;
+    d.replace(OsStr::new(&format!("{name}.txt")), &txt)?;
     let ext = match format {
         Format::Pprof => Some("pb.gz"),
         Format::Folded => Some("folded"),
@@ -80,9 +81,9 @@ pub fn write(dir: &Path, name: &str, r: &OomReport, format: Format) -> std::io::
     if let Some(ext) = ext {
         let mut buf = Vec::new();
         crate::report::render(format, &r.as_report(), &mut buf)?;
-        atomic_write(&dir.join(format!("{name}.{ext}")), &buf)?;
+        d.replace(OsStr::new(&format!("{name}.{ext}")), &buf)?;
     }
-    Ok(json_path)
+    Ok(dir.join(json_name))
 }
 
 impl OomReport {
@@ -121,20 +122,6 @@ impl OomReport {
             sample_rate: None,
         }
     }
-}
-
-fn atomic_write(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{file_name}.tmp"));
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 /// A file-name-safe comm.
