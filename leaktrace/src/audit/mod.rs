@@ -74,7 +74,11 @@ pub async fn run(cfg: AuditConfig) -> Result<i32> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     target::check_environment()?;
-    let baseline = cfg.baseline.as_deref().map(report::load_baseline).transpose()?;
+    let baseline = cfg
+        .baseline
+        .as_deref()
+        .map(|p| report::load_baseline(p, cfg.max_input_size))
+        .transpose()?;
     let mut out: Box<dyn Write> = match &cfg.output {
         Some(p) => Box::new(std::fs::File::create(p).map_err(|source| Error::Output {
             path: p.clone(),
