@@ -173,3 +173,93 @@ fn unwritable_output() {
     let out = run(leaktrace().args(["trace", "-o", "/nonexistent-dir/report.json", "-p", "1"]));
     assert_usage_error(&out, &["cannot write /nonexistent-dir/report.json"]);
 }
+
+/// Bad command lines of every kind clap or the validators refuse: one stderr line naming the
+/// option (or the word) at fault, exit 2. Nothing here gets past validation, so no probe is
+/// ever attached (PID 1 is only a placeholder).
+#[test]
+fn every_bad_command_line_is_one_line_naming_the_option() {
+    let table: &[(&[&str], &[&str])] = &[
+        (&["trace", "--bogus", "-p", "1"], &["--bogus"]),
+        (&["trace", "-p", "1", "--min-age"], &["--min-age", "value"]),
+        (&["trace", "-p"], &["-p"]),
+        (&["trace", "-p", "1", "--format", "xml"], &["--format", "xml", "json"]),
+        (&["diff", "a.json", "b.json", "--format", "yaml"], &["--format", "yaml"]),
+        (&["oom", "--dir", "/tmp/x", "--format", "csv"], &["--format", "csv"]),
+        (&[], &["subcommand", "trace"]),
+        (&["frobnicate"], &["frobnicate", "subcommand"]),
+        (&["diff", "a.json", "b.json", "c.json"], &["c.json"]),
+        (&["diff", "a.json"], &["<NEW>"]),
+        (&["oom"], &["--dir"]),
+        (&["trace", "-p", "1", "--format", "json", "--format", "text"], &["--format"]),
+        (&["trace", "-p", "1", "--top", "-1"], &["--top", "-1"]),
+        (&["trace", "-p", "1", "--top", "many"], &["--top", "many"]),
+        (&["trace", "-p", "1", "--max-sampled", "-3"], &["--max-sampled"]),
+        (&["trace", "-p", "1", "--group-by", "file"], &["--group-by", "file"]),
+        (&["trace", "-p", "1", "--min-age", "-1s"], &["--min-age", "must not be negative"]),
+        (&["trace", "-p", "1", "--min-age", "soon"], &["--min-age", "soon"]),
+        (&["trace", "-p", "1", "--duration", "-5s"], &["--duration", "must not be negative"]),
+        (&["trace", "-p", "1", "--duration", "junk"], &["--duration", "junk"]),
+        (&["trace", "-p", "1", "--interval", "-1m"], &["--interval", "must not be negative"]),
+        (&["trace", "-p", "1", "--interval", "1parsec"], &["--interval", "1parsec"]),
+        (&["trace", "-p", "1", "--sample-rate", "-1"], &["--sample-rate", "must not be negative"]),
+        (&["trace", "-p", "1", "--sample-rate", "lots"], &["--sample-rate", "lots"]),
+        (&["trace", "-p", "1", "--sample-rate", "1TiB"], &["--sample-rate", "1GiB"]),
+        (
+            &["trace", "-p", "1", "--sample-rate", "18446744073709551615"],
+            &["--sample-rate", "1GiB"],
+        ),
+        (&["trace", "-p", "1", "--ring-size", "-8MiB"], &["--ring-size", "must not be negative"]),
+        (&["trace", "-p", "1", "--ring-size", "big"], &["--ring-size", "big"]),
+        (&["trace", "-p", "1", "--ring-size", "3000"], &["--ring-size", "power of two"]),
+        (&["trace", "-p", "1", "--ring-size", "3MiB"], &["--ring-size", "power of two"]),
+        (&["trace", "-p", "-4"], &["-4", "PID"]),
+        (
+            &["trace", "-p", "1", "--min-age", "1h", "--duration", "1s"],
+            &["--duration", "--min-age"],
+        ),
+        (&["audit", "--duration", "-1s"], &["--duration", "must not be negative"]),
+        (&["audit", "--min-age", "-10s"], &["--min-age", "must not be negative"]),
+        (&["audit", "--min-age", "old"], &["--min-age", "old"]),
+        (&["audit", "--fail-above", "-1MiB/s"], &["--fail-above", "-1MiB/s"]),
+        (&["audit", "--fail-above", "fast"], &["--fail-above", "fast"]),
+        (&["audit", "--sample-rate", "-512KiB"], &["--sample-rate", "must not be negative"]),
+        (&["audit", "--sample-rate", "2GiB"], &["--sample-rate", "1GiB"]),
+        (&["audit", "--ring-size", "-1"], &["--ring-size", "must not be negative"]),
+        (&["audit", "--ring-size", "4GiB"], &["--ring-size"]),
+        (&["audit", "--max-input-size", "-1"], &["--max-input-size", "must not be negative"]),
+        (&["audit", "--max-input-size", "huge"], &["--max-input-size", "huge"]),
+        (&["diff", "--max-input-size", "-1", "a", "b"], &["--max-input-size", "must not be negative"]),
+        (&["diff", "--max-input-size", "0", "a", "b"], &["--max-input-size", "more than zero"]),
+        (&["oom", "--dir", "/tmp/x", "--snapshot-rss", "-1G"], &["--snapshot-rss", "must not be negative"]),
+        (&["oom", "--dir", "/tmp/x", "--snapshot-rss", "big"], &["--snapshot-rss", "big"]),
+        (&["oom", "--dir", "/tmp/x", "--snapshot-memcg", "-5"], &["--snapshot-memcg", "-5"]),
+        (&["oom", "--dir", "/tmp/x", "--ring-size", "-1"], &["--ring-size", "must not be negative"]),
+        (&["oom", "--dir", "/tmp/x", "--ring-size", "1000"], &["--ring-size", "power of two"]),
+        (&["oom", "--dir", "/tmp/x", "--track-pid", "-2"], &["-2", "PID"]),
+    ];
+    let mut failures = Vec::new();
+    for (args, needles) in table {
+        let out = run(leaktrace().args(*args));
+        let err = String::from_utf8_lossy(&out.stderr);
+        let ok = out.status.code() == Some(2)
+            && !err.contains("panicked")
+            && err.lines().count() == 1
+            && err.starts_with("leaktrace: ")
+            && needles.iter().all(|n| err.contains(n));
+        if !ok {
+            failures.push(format!("{args:?} -> {:?}: {err:?}", out.status.code()));
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} cases:\n{}", failures.len(), table.len(), failures.join("\n"));
+}
+
+#[test]
+fn help_and_version_still_print_on_stdout() {
+    for args in [&["--help"][..], &["trace", "--help"], &["help", "audit"], &["--version"]] {
+        let out = run(leaktrace().args(args));
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(out.stderr.is_empty(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(!out.stdout.is_empty(), "{args:?}");
+    }
+}

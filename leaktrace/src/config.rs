@@ -41,18 +41,28 @@ pub struct DiffArgs {
     /// text or json.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// Largest report read (e.g. 1GiB); a larger one is refused.
+    #[arg(long, allow_hyphen_values = true, default_value = "256MiB", value_name = "BYTES")]
+    pub max_input_size: String,
+}
+
+impl DiffArgs {
+    /// The validated `--max-input-size`.
+    pub fn max_input_size(&self) -> Result<u64, Error> {
+        parse_max_input_size(&self.max_input_size)
+    }
 }
 
 #[derive(Debug, clap::Args)]
 pub struct AuditArgs {
     /// How long to watch.
-    #[arg(long, default_value = "60s", value_name = "DURATION")]
+    #[arg(long, allow_hyphen_values = true, default_value = "60s", value_name = "DURATION")]
     pub duration: String,
     /// Every process on the machine (the default when no -p, --comm or --cgroup is given).
     #[arg(long)]
     pub all: bool,
     /// Audit this process (repeatable).
-    #[arg(short = 'p', long = "pid", value_name = "PID")]
+    #[arg(short = 'p', long = "pid", allow_hyphen_values = true, value_name = "PID")]
     pub pids: Vec<String>,
     /// Audit processes with this name, including ones started during the audit (repeatable).
     #[arg(long = "comm", value_name = "NAME")]
@@ -61,17 +71,17 @@ pub struct AuditArgs {
     #[arg(long = "cgroup", value_name = "PATH")]
     pub cgroups: Vec<String>,
     /// Allocations younger than this at the end are not leaks.
-    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    #[arg(long, allow_hyphen_values = true, default_value = "10s", value_name = "DURATION")]
     pub min_age: String,
     /// Exit 1 when a process leaks faster than RATE (e.g. 1MiB/min, 100KiB/s).
-    #[arg(long, value_name = "RATE")]
+    #[arg(long, allow_hyphen_values = true, value_name = "RATE")]
     pub fail_above: Option<String>,
     /// An earlier audit's JSON: show growth since then per process (matched by executable and
     /// command line) and per stack.
     #[arg(long, value_name = "FILE")]
     pub baseline: Option<PathBuf>,
     /// Stacks to show per process.
-    #[arg(long, default_value_t = 5, value_name = "N")]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 5, value_name = "N")]
     pub top: usize,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -80,14 +90,17 @@ pub struct AuditArgs {
     pub output: Option<PathBuf>,
     /// Sample allocations by bytes (each byte with probability 1/BYTES) and scale the estimates;
     /// 0 traces every allocation. Sampling keeps an audit of a whole machine cheap.
-    #[arg(long, default_value = "512KiB", value_name = "BYTES")]
+    #[arg(long, allow_hyphen_values = true, default_value = "512KiB", value_name = "BYTES")]
     pub sample_rate: String,
     /// With sampling: how many sampled live blocks the kernel remembers (overflow is counted).
-    #[arg(long, default_value_t = 1 << 20, value_name = "N")]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1 << 20, value_name = "N")]
     pub max_sampled: u32,
-    /// Ring buffer size in bytes (power of two).
-    #[arg(long, default_value_t = 32 << 20, value_name = "BYTES")]
-    pub ring_size: u32,
+    /// Ring buffer size (a power of two from 4KiB to 1GiB, e.g. 32MiB).
+    #[arg(long, allow_hyphen_values = true, default_value = "32MiB", value_name = "BYTES")]
+    pub ring_size: String,
+    /// Largest --baseline file read (e.g. 1GiB); a larger one is refused.
+    #[arg(long, allow_hyphen_values = true, default_value = "256MiB", value_name = "BYTES")]
+    pub max_input_size: String,
 }
 
 /// Which processes an audit covers.
@@ -113,13 +126,16 @@ pub struct AuditConfig {
     pub output: Option<PathBuf>,
     pub tuning: crate::probes::Tuning,
     pub ring_size: u32,
+    /// Largest --baseline file read, in bytes.
+    pub max_input_size: u64,
 }
 
 impl TryFrom<AuditArgs> for AuditConfig {
     type Error = Error;
 
     fn try_from(a: AuditArgs) -> Result<Self, Error> {
-        check_ring_size(a.ring_size)?;
+        let ring_size = parse_ring_size(&a.ring_size)?;
+        let max_input_size = parse_max_input_size(&a.max_input_size)?;
         check_output(a.format, &a.output)?;
         let duration =
             parse_duration(&a.duration).map_err(|e| Error::Usage(format!("--duration: {e}")))?;
@@ -170,7 +186,8 @@ impl TryFrom<AuditArgs> for AuditConfig {
                 empty: false,
                 overflow_only: false,
             },
-            ring_size: a.ring_size,
+            ring_size,
+            max_input_size,
         })
     }
 }
@@ -188,15 +205,15 @@ pub struct OomArgs {
     #[arg(long = "track-comm", value_name = "NAME")]
     pub track_comms: Vec<String>,
     /// Track this process (repeatable).
-    #[arg(long = "track-pid", value_name = "PID")]
+    #[arg(long = "track-pid", allow_hyphen_values = true, value_name = "PID")]
     pub track_pids: Vec<String>,
     /// Also write a report (reason "threshold") when a tracked process's RSS crosses SIZE
     /// (e.g. 512MiB), once per crossing.
-    #[arg(long, value_name = "SIZE")]
+    #[arg(long, allow_hyphen_values = true, value_name = "SIZE")]
     pub snapshot_rss: Option<String>,
     /// Also write a report when a tracked process's memory cgroup usage crosses PERCENT of its
     /// limit, once per crossing.
-    #[arg(long, value_name = "PERCENT")]
+    #[arg(long, allow_hyphen_values = true, value_name = "PERCENT")]
     pub snapshot_memcg: Option<String>,
     /// Format of the one line printed on stdout per report (json: a JSON object; pprof, folded,
     /// svg: also write the victim's stacks as NAME.pb.gz, .folded or .svg beside the report).
@@ -205,9 +222,9 @@ pub struct OomArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (`:9464` or a bare port: on 127.0.0.1).
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<String>,
-    /// Ring buffer size in bytes (power of two).
-    #[arg(long, default_value_t = 8 << 20, value_name = "BYTES")]
-    pub ring_size: u32,
+    /// Ring buffer size (a power of two from 4KiB to 1GiB, e.g. 8MiB).
+    #[arg(long, allow_hyphen_values = true, default_value = "8MiB", value_name = "BYTES")]
+    pub ring_size: String,
 }
 
 #[derive(Debug, Clone)]
@@ -227,7 +244,7 @@ impl TryFrom<OomArgs> for OomConfig {
     type Error = Error;
 
     fn try_from(a: OomArgs) -> Result<Self, Error> {
-        check_ring_size(a.ring_size)?;
+        let ring_size = parse_ring_size(&a.ring_size)?;
         Ok(OomConfig {
             dir: a.dir,
             once: a.once,
@@ -252,18 +269,48 @@ impl TryFrom<OomArgs> for OomConfig {
                 .transpose()?,
             format: a.format,
             metrics_addr: parse_metrics_addr(a.metrics_addr.as_deref())?,
-            ring_size: a.ring_size,
+            ring_size,
         })
     }
 }
 
-fn check_ring_size(ring_size: u32) -> Result<(), Error> {
-    if !ring_size.is_power_of_two() || ring_size < 4096 {
+/// Ring buffer sizes: BPF wants a power of two and a multiple of the page size; above 1 GiB
+/// is locked kernel memory nobody needs.
+const RING_SIZES: std::ops::RangeInclusive<u64> = 4096..=1 << 30;
+
+fn parse_ring_size(s: &str) -> Result<u32, Error> {
+    let bytes =
+        crate::units::parse_size(s).map_err(|e| Error::Usage(format!("--ring-size: {e}")))?;
+    match u32::try_from(bytes) {
+        Ok(b) if b.is_power_of_two() && RING_SIZES.contains(&bytes) => Ok(b),
+        _ => Err(Error::Usage(format!(
+            "--ring-size {s}: must be a power of two from 4KiB to 1GiB (e.g. 8MiB, 16MiB)"
+        ))),
+    }
+}
+
+/// The largest byte-sampling rate: past 1 GiB a sample is rarer than most leaks are large.
+pub const MAX_SAMPLE_RATE: u64 = 1 << 30;
+
+fn parse_sample_rate(s: &str) -> Result<u64, Error> {
+    let rate =
+        crate::units::parse_size(s).map_err(|e| Error::Usage(format!("--sample-rate: {e}")))?;
+    if rate > MAX_SAMPLE_RATE {
         return Err(Error::Usage(format!(
-            "--ring-size {ring_size}: must be a power of two of at least 4096 (e.g. 8388608)"
+            "--sample-rate {s}: must be 0 (trace every allocation) or from 1B to 1GiB (e.g. 512KiB)"
         )));
     }
-    Ok(())
+    Ok(rate)
+}
+
+fn parse_max_input_size(s: &str) -> Result<u64, Error> {
+    match crate::units::parse_size(s) {
+        Ok(0) => Err(Error::Usage(format!(
+            "--max-input-size {s}: must be more than zero (e.g. 256MiB, 1GiB)"
+        ))),
+        Ok(n) => Ok(n),
+        Err(e) => Err(Error::Usage(format!("--max-input-size: {e}"))),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -297,19 +344,19 @@ pub enum GroupBy {
 #[derive(Debug, clap::Args)]
 pub struct TraceArgs {
     /// Process to trace (repeatable). Mutually exclusive with a command after `--`.
-    #[arg(short = 'p', long = "pid", value_name = "PID")]
+    #[arg(short = 'p', long = "pid", allow_hyphen_values = true, value_name = "PID")]
     pub pids: Vec<String>,
     /// Allocations younger than this are not reported as leaks (e.g. 500ms, 5s, 1m).
-    #[arg(long, default_value = "5s", value_name = "DURATION")]
+    #[arg(long, allow_hyphen_values = true, default_value = "5s", value_name = "DURATION")]
     pub min_age: String,
     /// Stop after this long (default: until Ctrl-C, SIGTERM or all targets exit).
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, allow_hyphen_values = true, value_name = "DURATION")]
     pub duration: Option<String>,
     /// Also print a report every interval.
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, allow_hyphen_values = true, value_name = "DURATION")]
     pub interval: Option<String>,
     /// Stacks to show per process (text and JSON; the other formats hold every stack).
-    #[arg(long, default_value_t = 10, value_name = "N")]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 10, value_name = "N")]
     pub top: usize,
     /// Report format. JSON prints one document per report, one per line; pprof and svg need -o
     /// (with --interval the file is replaced by each report).
@@ -326,10 +373,10 @@ pub struct TraceArgs {
     pub metrics_addr: Option<String>,
     /// Sample allocations by bytes (each byte with probability 1/BYTES, e.g. 512KiB) and scale
     /// the estimates; 0 traces every allocation.
-    #[arg(long, default_value = "0", value_name = "BYTES")]
+    #[arg(long, allow_hyphen_values = true, default_value = "0", value_name = "BYTES")]
     pub sample_rate: String,
     /// With sampling: how many sampled live blocks the kernel remembers (overflow is counted).
-    #[arg(long, default_value_t = 1 << 20, value_name = "N")]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1 << 20, value_name = "N")]
     pub max_sampled: u32,
     /// Attach the same probes with programs that do nothing (measures the probe floor).
     #[arg(long, hide = true)]
@@ -338,10 +385,10 @@ pub struct TraceArgs {
     /// two threads' ids share an array slot).
     #[arg(long, hide = true)]
     pub pending_overflow_only: bool,
-    /// Ring buffer size in bytes (power of two, multiple of the page size). Events that find it
+    /// Ring buffer size (a power of two from 4KiB to 1GiB, e.g. 16MiB). Events that find it
     /// full are lost (counted); it absorbs the drain's pauses.
-    #[arg(long, default_value_t = 16 << 20, value_name = "BYTES")]
-    pub ring_size: u32,
+    #[arg(long, allow_hyphen_values = true, default_value = "16MiB", value_name = "BYTES")]
+    pub ring_size: String,
     /// Command to launch and trace from its first allocation.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -367,10 +414,6 @@ pub struct TraceConfig {
     pub metrics_addr: Option<std::net::SocketAddr>,
     pub tuning: crate::probes::Tuning,
     pub ring_size: u32,
-}
-
-fn parse_sample_rate(s: &str) -> Result<u64, Error> {
-    crate::units::parse_size(s).map_err(|e| Error::Usage(format!("--sample-rate: {e}")))
 }
 
 fn parse_metrics_addr(a: Option<&str>) -> Result<Option<std::net::SocketAddr>, Error> {
@@ -424,14 +467,26 @@ impl TryFrom<TraceArgs> for TraceConfig {
             }
             Ok(d)
         };
-        let ring_size = a.ring_size;
-        check_ring_size(ring_size)?;
+        let ring_size = parse_ring_size(&a.ring_size)?;
         check_output(a.format, &a.output)?;
+        let min_age =
+            parse_duration(&a.min_age).map_err(|e| Error::Usage(format!("--min-age: {e}")))?;
+        let duration = a.duration.as_deref().map(|v| positive("duration", v)).transpose()?;
+        // As in audit: a block must outlive --min-age to be reported, and none can in a trace
+        // no longer than that.
+        if let (Some(d), Some(v)) = (duration, a.duration.as_deref())
+            && d <= min_age
+        {
+            return Err(Error::Usage(format!(
+                "--duration {v}: must be longer than --min-age {} (nothing could be reported \
+                 otherwise)",
+                a.min_age
+            )));
+        }
         Ok(TraceConfig {
             target,
-            min_age: parse_duration(&a.min_age)
-                .map_err(|e| Error::Usage(format!("--min-age: {e}")))?,
-            duration: a.duration.as_deref().map(|v| positive("duration", v)).transpose()?,
+            min_age,
+            duration,
             interval: a.interval.as_deref().map(|v| positive("interval", v)).transpose()?,
             top: a.top,
             format: a.format,
@@ -462,6 +517,9 @@ fn parse_pid(s: &str) -> Result<u32, Error> {
 /// so that nobody has to guess it.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
+    if t.starts_with('-') {
+        return Err(format!("invalid duration '{s}': must not be negative (e.g. 0s, 500ms, 30s)"));
+    }
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .ok_or_else(|| format!("invalid duration '{s}': add a unit, e.g. 500ms, 30s, 5m"))?;
@@ -503,5 +561,158 @@ mod tests {
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("abc").is_err());
         assert!(parse_duration("").is_err());
+    }
+}
+
+/// clap's error as one line, `<option>: <what>; <what to do>`, for stderr after `leaktrace: `.
+///
+/// clap's own rendering spans several lines (usage, tips, the list of values), which breaks the
+/// promise of one line per error that scripts and logs rely on. `args` are the raw arguments,
+/// to name the subcommand whose help to read. Control characters a user typed are escaped.
+pub fn usage_line(e: &clap::Error, args: &[std::ffi::OsString]) -> String {
+    use clap::{
+        CommandFactory,
+        error::{ContextKind as C, ContextValue as V, ErrorKind as K},
+    };
+    let get = |k| match e.get(k) {
+        Some(V::String(s)) => Some(s.clone()),
+        Some(V::Strings(v)) => Some(v.join(", ")),
+        Some(V::StyledStr(s)) => Some(s.to_string()),
+        Some(V::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    // "--format <FORMAT>" -> "--format"; a positional "<NEW>" stays as it is.
+    let name = |a: String| {
+        if a.starts_with('-') {
+            a.split([' ', '=']).next().unwrap_or_default().to_string()
+        } else {
+            a
+        }
+    };
+    let cli = Cli::command();
+    let subs: Vec<String> =
+        cli.get_subcommands().map(|c| c.get_name().to_string()).filter(|n| n != "help").collect();
+    let sub = args.iter().skip(1).find_map(|a| subs.iter().find(|s| a.to_str() == Some(s.as_str())));
+    let help = match sub {
+        Some(s) => format!("see `leaktrace {s} --help`"),
+        None => "see `leaktrace --help`".to_string(),
+    };
+    let arg = get(C::InvalidArg)
+        .or_else(|| get(C::InvalidSubcommand))
+        .map(name)
+        .unwrap_or_else(|| "argument".into());
+    let value = get(C::InvalidValue).unwrap_or_default();
+    let suggest = get(C::SuggestedArg)
+        .or_else(|| get(C::SuggestedSubcommand))
+        .map(|s| format!(" (did you mean {s}?)"))
+        .unwrap_or_default();
+    let line = match e.kind() {
+        K::InvalidValue if value.is_empty() => format!("{arg}: a value is required; {help}"),
+        K::InvalidValue => match get(C::ValidValue) {
+            Some(valid) => format!("{arg}: invalid value '{value}'; use one of: {valid}"),
+            None => format!("{arg}: invalid value '{value}'; {help}"),
+        },
+        K::ValueValidation => {
+            let why = std::error::Error::source(e).map(|s| format!(" ({s})")).unwrap_or_default();
+            format!("{arg}: invalid value '{value}'{why}; {help}")
+        }
+        K::UnknownArgument if arg.starts_with('-') => {
+            format!("{arg}: unknown option{suggest}; {help}")
+        }
+        K::UnknownArgument => format!("{arg}: unexpected argument{suggest}; {help}"),
+        K::InvalidSubcommand => {
+            format!("{arg}: unknown subcommand{suggest}; use one of: {}", subs.join(", "))
+        }
+        K::MissingSubcommand | K::DisplayHelpOnMissingArgumentOrSubcommand => format!(
+            "missing subcommand; use one of: {} (see `leaktrace --help`)",
+            subs.join(", ")
+        ),
+        K::MissingRequiredArgument => {
+            let missing = match e.get(C::InvalidArg) {
+                Some(V::Strings(v)) => v.iter().cloned().map(name).collect::<Vec<_>>().join(", "),
+                _ => arg,
+            };
+            format!("{missing}: required; {help}")
+        }
+        K::ArgumentConflict => match get(C::PriorArg).map(name) {
+            Some(prior) if prior != arg => format!("{arg}: cannot be used with {prior}; {help}"),
+            _ => format!("{arg}: given more than once; give it once"),
+        },
+        K::NoEquals => format!("{arg}: give its value as {arg}=VALUE; {help}"),
+        K::TooManyValues | K::TooFewValues | K::WrongNumberOfValues => {
+            format!("{arg}: wrong number of values; {help}")
+        }
+        K::InvalidUtf8 => format!("an argument is not valid UTF-8; {help}"),
+        _ => {
+            let rendered = e.render().to_string();
+            let first = rendered.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+            format!("{}; {help}", first.strip_prefix("error: ").unwrap_or(first))
+        }
+    };
+    line.chars()
+        .flat_map(|c| {
+            let esc: Vec<char> =
+                if c.is_control() { c.escape_default().collect() } else { vec![c] };
+            esc
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod cli_tests {
+    use super::*;
+    use clap::Parser;
+
+    fn line(args: &[&str]) -> String {
+        let args: Vec<std::ffi::OsString> =
+            std::iter::once("leaktrace").chain(args.iter().copied()).map(Into::into).collect();
+        usage_line(&Cli::try_parse_from(&args).unwrap_err(), &args)
+    }
+
+    fn trace(args: &[&str]) -> Result<TraceConfig, Error> {
+        let args = std::iter::once("leaktrace").chain(["trace", "-p", "1"]).chain(args.iter().copied());
+        match Cli::try_parse_from(args).unwrap().command {
+            Command::Trace(t) => TraceConfig::try_from(t),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn clap_errors_are_one_line_naming_the_option() {
+        assert_eq!(line(&["trace", "--bogus"]), "--bogus: unknown option; see `leaktrace trace --help`");
+        assert_eq!(
+            line(&["trace", "--format", "xml"]),
+            "--format: invalid value 'xml'; use one of: text, json, pprof, folded, svg"
+        );
+        assert_eq!(line(&["trace", "--min-age"]), "--min-age: a value is required; see `leaktrace trace --help`");
+        assert!(line(&[]).starts_with("missing subcommand; use one of: trace, oom, audit, diff"));
+        assert_eq!(line(&["diff", "a", "b", "--format", "json", "--format", "text"]),
+            "--format: given more than once; give it once");
+        assert_eq!(line(&["oom"]), "--dir: required; see `leaktrace oom --help`");
+        assert!(line(&["trace", "--bo\ngus"]).starts_with("--bo\\ngus: unknown option"));
+        assert!(line(&["frobnicate"]).starts_with("frobnicate: unknown subcommand"));
+    }
+
+    #[test]
+    fn byte_options_take_units_and_ranges() {
+        assert_eq!(trace(&["--ring-size", "16MiB"]).unwrap().ring_size, 16 << 20);
+        assert_eq!(trace(&["--ring-size", "4096"]).unwrap().ring_size, 4096);
+        assert_eq!(trace(&["--ring-size", "1GiB"]).unwrap().ring_size, 1 << 30);
+        for bad in ["2GiB", "4GiB", "3MiB", "2048", "0"] {
+            let e = trace(&["--ring-size", bad]).unwrap_err().to_string();
+            assert!(e.contains("power of two from 4KiB to 1GiB"), "{bad}: {e}");
+        }
+        for (rate, want) in [("0", 0), ("1", 1), ("1B", 1), ("512KiB", 512 << 10), ("1GiB", 1 << 30)] {
+            assert_eq!(trace(&["--sample-rate", rate]).unwrap().tuning.sample_rate, want);
+        }
+        for bad in ["1073741825", "2GiB", "1TiB", "18446744073709551615"] {
+            let e = trace(&["--sample-rate", bad]).unwrap_err().to_string();
+            assert!(e.contains("from 1B to 1GiB"), "{bad}: {e}");
+        }
+        assert!(trace(&["--min-age", "1h", "--duration", "1s"]).unwrap_err().to_string()
+            .contains("must be longer than --min-age 1h"));
+        assert!(trace(&["--min-age", "2s", "--duration", "2s"]).is_err());
+        assert!(trace(&["--min-age", "1s", "--duration", "2s"]).is_ok());
+        assert!(trace(&["--min-age", "-1s"]).unwrap_err().to_string().contains("must not be negative"));
     }
 }

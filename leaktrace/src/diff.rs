@@ -10,17 +10,20 @@ use crate::{
     config::Format,
     error::{Error, Result},
     report::{Frame, human_bytes},
+    saved,
 };
 
+/// Deltas are `i128`: the difference of two `u64`s always fits, so no report, however odd,
+/// makes a delta wrap around.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct StackDiff {
     pub kind: String,
     pub old_bytes: u64,
     pub new_bytes: u64,
-    pub bytes_delta: i64,
+    pub bytes_delta: i128,
     pub old_count: u64,
     pub new_count: u64,
-    pub count_delta: i64,
+    pub count_delta: i128,
     pub frames: Vec<Frame>,
 }
 
@@ -31,7 +34,7 @@ pub struct ProcessDiff {
     pub comm: String,
     pub old_pid: Option<u64>,
     pub new_pid: Option<u64>,
-    pub leaked_bytes_delta: i64,
+    pub leaked_bytes_delta: i128,
     /// Largest growth first; stacks present in only one report count as 0 in the other.
     pub stacks: Vec<StackDiff>,
 }
@@ -52,44 +55,35 @@ struct Proc {
     stacks: BTreeMap<String, (String, u64, u64, Vec<Frame>)>,
 }
 
-/// Reads a trace (JSON Lines: the last report) or audit report.
-fn load(path: &Path) -> Result<Vec<Proc>> {
-    let bad = |why: String| Error::Usage(format!("{}: {why}", path.display()));
-    let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
-    let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
-    // An audit is one pretty-printed document; a trace file is one document per line.
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .or_else(|_| serde_json::from_str(last))
-        .map_err(|e| bad(format!("not JSON ({e})")))?;
-    let Some(procs) = v["processes"].as_array() else {
-        return Err(bad(
-            "not a leaktrace report (no processes[]): give files written by \
-             `leaktrace trace --format json` or `leaktrace audit --format json`"
-                .into(),
-        ));
-    };
+/// Reads a trace (JSON Lines: the last report) or audit report, at most `limit` bytes.
+fn load(path: &Path, limit: u64) -> Result<Vec<Proc>> {
+    let report = saved::load(path, limit).map_err(|e| Error::Usage(e.to_string()))?;
     let mut out = Vec::new();
-    for p in procs {
+    for (i, p) in report.processes.into_iter().enumerate() {
         let mut proc = Proc {
-            comm: p["comm"].as_str().unwrap_or_default().to_string(),
-            pid: p["pid"].as_u64(),
-            leaked_bytes: p["leaked_bytes"].as_u64().unwrap_or(0),
+            comm: p.comm,
+            pid: Some(u64::from(p.pid)),
+            leaked_bytes: p.leaked_bytes,
             ..Proc::default()
         };
-        if let Some(exe) = p["exe"].as_str() {
-            let cmdline: Vec<&str> = p["cmdline"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|s| s.as_str()).collect())
-                .unwrap_or_default();
+        if let Some(exe) = p.exe {
+            let cmdline = p.cmdline.unwrap_or_default();
             proc.exe_cmdline = Some(format!("{exe}\0{}", cmdline.join("\0")));
         }
-        for s in p["stacks"].as_array().into_iter().flatten() {
-            let frames: Vec<Frame> = serde_json::from_value(s["frames"].clone()).unwrap_or_default();
-            let kind = s["kind"].as_str().unwrap_or("heap").to_string();
-            let sig = signature(&kind, &frames);
-            let e = proc.stacks.entry(sig).or_insert((kind, 0, 0, frames));
-            e.1 += s["bytes"].as_u64().unwrap_or(0);
-            e.2 += s["count"].as_u64().unwrap_or(0);
+        for s in p.stacks {
+            let sig = signature(&s.kind, &s.frames);
+            let e = proc.stacks.entry(sig).or_insert((s.kind, 0, 0, s.frames));
+            // Stacks that differ only in addresses are summed; a sum past u64 is no real report.
+            match (e.1.checked_add(s.bytes), e.2.checked_add(s.count)) {
+                (Some(b), Some(c)) => (e.1, e.2) = (b, c),
+                _ => {
+                    return Err(Error::Usage(format!(
+                        "{}: field processes[{i}].stacks: the stacks of one function sum to more \
+                         than 2^64 bytes or blocks: the file is not a real report",
+                        path.display()
+                    )));
+                }
+            }
         }
         out.push(proc);
     }
@@ -105,9 +99,10 @@ fn signature(kind: &str, frames: &[Frame]) -> String {
     sig
 }
 
-pub fn diff(old_path: &Path, new_path: &Path) -> Result<Diff> {
-    let old = load(old_path)?;
-    let new = load(new_path)?;
+/// Compares two saved reports, each read up to `max_input` bytes.
+pub fn diff(old_path: &Path, new_path: &Path, max_input: u64) -> Result<Diff> {
+    let old = load(old_path, max_input)?;
+    let new = load(new_path, max_input)?;
     let mut processes = Vec::new();
     for n in &new {
         let by_exe = n.exe_cmdline.as_ref().and_then(|k| {
@@ -127,10 +122,10 @@ pub fn diff(old_path: &Path, new_path: &Path) -> Result<Diff> {
                 kind: if nk.is_empty() { ok } else { nk },
                 old_bytes: ob,
                 new_bytes: nb,
-                bytes_delta: nb as i64 - ob as i64,
+                bytes_delta: i128::from(nb) - i128::from(ob),
                 old_count: oc,
                 new_count: nc,
-                count_delta: nc as i64 - oc as i64,
+                count_delta: i128::from(nc) - i128::from(oc),
                 frames: if nf.is_empty() { of } else { nf },
             });
         }
@@ -140,7 +135,7 @@ pub fn diff(old_path: &Path, new_path: &Path) -> Result<Diff> {
             comm: n.comm.clone(),
             old_pid: o.pid,
             new_pid: n.pid,
-            leaked_bytes_delta: n.leaked_bytes as i64 - o.leaked_bytes as i64,
+            leaked_bytes_delta: i128::from(n.leaked_bytes) - i128::from(o.leaked_bytes),
             stacks,
         });
     }
@@ -159,8 +154,9 @@ pub fn diff(old_path: &Path, new_path: &Path) -> Result<Diff> {
     })
 }
 
-fn signed(b: i64) -> String {
-    let s = human_bytes(b.unsigned_abs());
+fn signed(b: i128) -> String {
+    // |new - old| of two u64s fits a u64.
+    let s = human_bytes(u64::try_from(b.unsigned_abs()).unwrap_or(u64::MAX));
     if b < 0 { format!("-{s}") } else { format!("+{s}") }
 }
 
@@ -219,10 +215,10 @@ mod tests {
     #[test]
     fn growth_per_stack_matched_by_name_across_pids() {
         let old = write("old", serde_json::json!({"processes": [{"pid": 1, "comm": "svc",
-            "leaked_bytes": 100, "stacks": [stack("a", 100, 1), stack("gone", 50, 1)]}]}));
+            "leaked_bytes": 100, "outstanding_bytes": 100, "stacks": [stack("a", 100, 1), stack("gone", 50, 1)]}]}));
         let new = write("new", serde_json::json!({"processes": [{"pid": 2, "comm": "svc",
-            "leaked_bytes": 400, "stacks": [stack("a", 300, 3), stack("b", 100, 1)]}]}));
-        let d = diff(&old, &new).unwrap();
+            "leaked_bytes": 400, "outstanding_bytes": 400, "stacks": [stack("a", 300, 3), stack("b", 100, 1)]}]}));
+        let d = diff(&old, &new, saved::DEFAULT_MAX_INPUT).unwrap();
         let p = &d.processes[0];
         assert_eq!((p.matched_by, p.old_pid, p.new_pid, p.leaked_bytes_delta), ("comm", Some(1), Some(2), 300));
         let a = p.stacks.iter().find(|s| s.frames[0].function.as_deref() == Some("a")).unwrap();
@@ -237,10 +233,13 @@ mod tests {
 
     #[test]
     fn unrelated_and_foreign_files_are_refused() {
-        let a = write("a", serde_json::json!({"processes": [{"comm": "one", "stacks": []}]}));
-        let b = write("b", serde_json::json!({"processes": [{"comm": "two", "stacks": []}]}));
-        assert!(diff(&a, &b).unwrap_err().to_string().contains("share no process"));
+        let a = write("a", serde_json::json!({"processes": [{"pid": 1, "comm": "one",
+            "leaked_bytes": 0, "outstanding_bytes": 0, "stacks": []}]}));
+        let b = write("b", serde_json::json!({"processes": [{"pid": 2, "comm": "two",
+            "leaked_bytes": 0, "outstanding_bytes": 0, "stacks": []}]}));
+        assert!(diff(&a, &b, saved::DEFAULT_MAX_INPUT).unwrap_err().to_string().contains("share no process"));
         let c = write("c", serde_json::json!({"x": 1}));
-        assert!(diff(&a, &c).unwrap_err().to_string().contains("not a leaktrace report"));
+        let e = diff(&a, &c, saved::DEFAULT_MAX_INPUT).unwrap_err().to_string();
+        assert!(e.contains("missing field `processes`"), "{e}");
     }
 }

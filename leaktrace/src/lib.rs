@@ -12,6 +12,9 @@ pub mod procinfo;
 pub mod probes;
 pub mod prologue;
 pub mod report;
+pub mod saved;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod stacks;
 pub mod symbolize;
 pub mod target;

@@ -11,7 +11,7 @@ fn diff(args: &leaktrace::config::DiffArgs) -> Result<i32, Error> {
     if !matches!(args.format, Format::Text | Format::Json) {
         return Err(Error::Usage("diff --format: text or json".into()));
     }
-    let d = leaktrace::diff::diff(&args.old, &args.new)?;
+    let d = leaktrace::diff::diff(&args.old, &args.new, args.max_input_size()?)?;
     // Rendered whole, then written: a reader gone away (`| head`) is exit 0 in every format.
     let mut out = Sink::stdout(Mode::Replace);
     out.emit(|buf| leaktrace::diff::render(&d, args.format, buf))?;
@@ -27,13 +27,18 @@ fn main() {
     // blocks. A fixed threshold keeps big tables mmapped and returns them when freed.
     // SAFETY: mallopt only sets an allocator parameter; called before any thread exists.
     unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10) };
-    let cli = match Cli::try_parse() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
         Ok(c) => c,
-        Err(e) => {
-            // clap prints help/version to stdout (exit 0) and usage errors to stderr (exit 2).
-            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+        // Help and version: clap prints them to stdout, exit 0.
+        Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            std::process::exit(code);
+            std::process::exit(0);
+        }
+        // Usage errors: one line, like every other error (clap's own span several).
+        Err(e) => {
+            eprintln!("leaktrace: {}", leaktrace::config::usage_line(&e, &args));
+            std::process::exit(EXIT_USAGE);
         }
     };
     let runtime = || {

@@ -27,6 +27,31 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     statm.resident.checked_mul(procfs::page_size())
 }
 
+/// Caps on /proc files a target controls the size of: its command line (up to the kernel's
+/// argument limit, which `ulimit -s` raises), and the small text files, which a cap only
+/// protects against a kernel surprise. A capped read is said in `unavailable`.
+const CMDLINE_CAP: u64 = 256 << 10;
+const SMALL_FILE_CAP: u64 = 256 << 10;
+
+/// Reads at most `cap` bytes of `path`; the flag says whether the file had more.
+fn read_capped(path: &Path, cap: u64) -> std::io::Result<(Vec<u8>, bool)> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    fs::File::open(path)?.take(cap + 1).read_to_end(&mut buf)?;
+    let capped = buf.len() as u64 > cap;
+    buf.truncate(cap as usize);
+    Ok((buf, capped))
+}
+
+/// `read_capped` as text (lossy), noting a cap in `unavailable` under `what`.
+fn read_text_capped(path: &Path, cap: u64, what: &str, unavailable: &mut Vec<String>) -> std::io::Result<String> {
+    let (raw, capped) = read_capped(path, cap)?;
+    if capped {
+        unavailable.push(format!("{what}: longer than {}, the rest not read", human_bytes(cap)));
+    }
+    Ok(String::from_utf8_lossy(&raw).into_owned())
+}
+
 /// The `/proc/PID/status` lines kept in a snapshot.
 pub const STATUS_FIELDS: [&str; 10] = [
     "VmPeak", "VmSize", "VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem", "VmSwap", "VmPTE",
@@ -64,7 +89,7 @@ pub fn snapshot(pid: u32) -> ProcSnapshot {
         Err(e) => s.unavailable.push(format!("cgroup: {e}")),
     }
 
-    match fs::read_to_string(dir.join("status")) {
+    match read_text_capped(&dir.join("status"), SMALL_FILE_CAP, "status", &mut s.unavailable) {
         Ok(text) => {
             s.status = key_values(&text, Some(&STATUS_FIELDS));
             let missing: Vec<&str> = STATUS_FIELDS
@@ -94,8 +119,15 @@ pub fn snapshot(pid: u32) -> ProcSnapshot {
             .push("cgroup: the process had already left its cgroup (exiting)".to_string());
     }
 
-    match fs::read(dir.join("cmdline")) {
-        Ok(raw) => match parse_cmdline(&raw) {
+    match read_capped(&dir.join("cmdline"), CMDLINE_CAP) {
+        Ok((raw, capped)) => match parse_cmdline(&raw) {
+            Some(args) if capped => {
+                s.unavailable.push(format!(
+                    "cmdline: longer than {}, the last argument cut and the rest not read",
+                    human_bytes(CMDLINE_CAP)
+                ));
+                s.cmdline = Some(args);
+            }
             Some(args) => s.cmdline = Some(args),
             None => s
                 .unavailable
@@ -109,7 +141,7 @@ pub fn snapshot(pid: u32) -> ProcSnapshot {
         Err(e) => s.unavailable.push(format!("exe: {e}")),
     }
 
-    match fs::read_to_string(dir.join("smaps_rollup")) {
+    match read_text_capped(&dir.join("smaps_rollup"), SMALL_FILE_CAP, "smaps_rollup", &mut s.unavailable) {
         Ok(text) => {
             s.smaps_rollup = key_values(&text, None);
             if s.smaps_rollup.is_empty() {
@@ -129,7 +161,7 @@ pub fn snapshot(pid: u32) -> ProcSnapshot {
 ///
 /// Not `procfs::process::Status`: that parses two dozen fields into numbers and fails as a
 /// whole if any one is missing or odd, which would lose everything for a dying process.
-fn key_values(text: &str, keep: Option<&[&str]>) -> BTreeMap<String, String> {
+pub(crate) fn key_values(text: &str, keep: Option<&[&str]>) -> BTreeMap<String, String> {
     text.lines()
         .filter_map(|line| line.split_once(':'))
         .filter(|(k, _)| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
@@ -139,7 +171,7 @@ fn key_values(text: &str, keep: Option<&[&str]>) -> BTreeMap<String, String> {
 }
 
 /// NUL-separated arguments; None when there are none.
-fn parse_cmdline(raw: &[u8]) -> Option<Vec<String>> {
+pub(crate) fn parse_cmdline(raw: &[u8]) -> Option<Vec<String>> {
     let raw = raw.strip_suffix(b"\0").unwrap_or(raw);
     if raw.is_empty() {
         return None;
@@ -170,7 +202,7 @@ pub fn cgroup_paths(pid: u32) -> Result<CgroupPaths, String> {
 }
 
 /// Pure part of `cgroup_paths`. Parsed line by line so one odd line costs only itself.
-fn parse_cgroup(text: &str) -> CgroupPaths {
+pub(crate) fn parse_cgroup(text: &str) -> CgroupPaths {
     let mut out = CgroupPaths {
         memory_v1: None,
         unified: None,
@@ -199,7 +231,7 @@ struct CgroupMount {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct CgroupMounts {
+pub(crate) struct CgroupMounts {
     memory_v1: Vec<CgroupMount>,
     unified: Vec<CgroupMount>,
 }
@@ -207,7 +239,7 @@ struct CgroupMounts {
 /// Finds the v1 memory controller and cgroup2 mounts in mountinfo text. Looked up rather
 /// than assumed: cgroup2 is at /sys/fs/cgroup on pure-v2 systems, /sys/fs/cgroup/unified on
 /// hybrid ones, and v1 controllers may be co-mounted ("cpu,memory").
-fn parse_mountinfo(text: &str) -> CgroupMounts {
+pub(crate) fn parse_mountinfo(text: &str) -> CgroupMounts {
     let mut out = CgroupMounts::default();
     for m in text.lines().filter_map(|l| MountInfo::from_line(l).ok()) {
         let mount = CgroupMount {

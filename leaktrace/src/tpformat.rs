@@ -82,7 +82,8 @@ impl Layout {
     /// does not exist in this kernel or the record is too short.
     pub fn int(&self, raw: &[u8], name: &str) -> Option<i64> {
         let f = self.field(name)?;
-        let b = raw.get(f.offset..f.offset + f.size)?;
+        // Offsets come from a file: checked, so that a huge one is "absent", not an overflow.
+        let b = raw.get(f.offset..f.offset.checked_add(f.size)?)?;
         let mut v = [0u8; 8];
         match f.size {
             1 | 2 | 4 | 8 => v[..f.size].copy_from_slice(b),
@@ -101,11 +102,11 @@ impl Layout {
     pub fn string(&self, raw: &[u8], name: &str) -> Option<String> {
         let f = self.field(name)?;
         let bytes = if f.data_loc {
-            let loc = u32::from_le_bytes(raw.get(f.offset..f.offset + 4)?.try_into().ok()?);
+            let loc = u32::from_le_bytes(raw.get(f.offset..f.offset.checked_add(4)?)?.try_into().ok()?);
             let (off, len) = ((loc & 0xffff) as usize, (loc >> 16) as usize);
             raw.get(off..off + len)?
         } else {
-            raw.get(f.offset..f.offset + f.size)?
+            raw.get(f.offset..f.offset.checked_add(f.size)?)?
         };
         let end = bytes.iter().position(|&c| c == 0).unwrap_or(bytes.len());
         Some(String::from_utf8_lossy(&bytes[..end]).into_owned())

@@ -6,7 +6,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-const SIZE_HINT: &str = "use a number with B, KiB, MiB, GiB (e.g. 64MiB)";
+const SIZE_HINT: &str = "use a number with B, KiB, MiB, GiB or TiB (e.g. 64MiB)";
 
 /// Parses a byte size: `4096`, `512K`, `512KiB`, `64M`, `64MiB`, `1G`, `1.5GiB`, `2T`.
 ///
@@ -17,6 +17,9 @@ const SIZE_HINT: &str = "use a number with B, KiB, MiB, GiB (e.g. 64MiB)";
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let bad = || format!("invalid size '{s}': {SIZE_HINT}");
     let t = s.trim();
+    if t.starts_with('-') {
+        return Err(format!("invalid size '{s}': must not be negative ({SIZE_HINT})"));
+    }
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
@@ -146,7 +149,7 @@ mod tests {
     fn bad_sizes_name_the_input_and_say_what_to_type() {
         assert_eq!(
             parse_size("12parsecs"),
-            Err("invalid size '12parsecs': use a number with B, KiB, MiB, GiB (e.g. 64MiB)".into())
+            Err("invalid size '12parsecs': use a number with B, KiB, MiB, GiB or TiB (e.g. 64MiB)".into())
         );
         for s in [
             "", "MiB", "-1M", "1.M", ".5M", "1.2.3G", "1e3", "64 M i B", "NaN",

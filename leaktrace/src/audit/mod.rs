@@ -75,7 +75,11 @@ pub async fn run(cfg: AuditConfig) -> Result<i32> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     target::check_environment()?;
-    let baseline = cfg.baseline.as_deref().map(report::load_baseline).transpose()?;
+    let baseline = cfg
+        .baseline
+        .as_deref()
+        .map(|p| report::load_baseline(p, cfg.max_input_size))
+        .transpose()?;
     // Checked now, written once at the end: 0600, as the report holds every command line.
     let mut out = Sink::to(cfg.output.as_deref(), Mode::Replace)?;
     let scope = match cfg.selection {

@@ -25,7 +25,8 @@ use crate::{
 #[derive(Debug, Clone, Serialize)]
 pub struct BaselineDelta {
     pub matched_pid: u64,
-    pub outstanding_bytes_delta: i64,
+    /// i128: the difference of two u64s never wraps.
+    pub outstanding_bytes_delta: i128,
     pub leak_rate_delta_bytes_per_s: f64,
 }
 
@@ -34,7 +35,7 @@ pub struct AuditStack {
     #[serde(flatten)]
     pub stack: StackReport,
     /// Growth of this stack's surviving bytes since the baseline (null: not in the baseline).
-    pub baseline_delta_bytes: Option<i64>,
+    pub baseline_delta_bytes: Option<i128>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -250,38 +251,27 @@ struct BaseProc {
     stacks: HashMap<String, u64>,
 }
 
-/// Reads an earlier audit's JSON; anything else is refused with a clear message.
-pub fn load_baseline(path: &Path) -> Result<Baseline> {
-    let bad = |why: String| Error::Usage(format!("--baseline {}: {why}", path.display()));
-    let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| bad(format!("not JSON ({e})")))?;
-    let (Some(procs), true) = (v["processes"].as_array(), v["duration_s"].is_number()) else {
-        return Err(bad(
-            "not an audit report (no duration_s and processes[]): give a file written by \
-             `leaktrace audit --format json`"
-                .into(),
-        ));
-    };
+/// Reads an earlier audit's JSON (at most `limit` bytes, typed: see `saved`); anything else is
+/// refused with a clear message.
+pub fn load_baseline(path: &Path, limit: u64) -> Result<Baseline> {
+    let report =
+        crate::saved::load(path, limit).map_err(|e| Error::Usage(format!("--baseline {e}")))?;
+    if !report.is_audit() {
+        return Err(Error::Usage(format!(
+            "--baseline {}: not an audit report (no duration_s): give a file written by \
+             `leaktrace audit --format json`",
+            path.display()
+        )));
+    }
     let mut out = HashMap::new();
-    for p in procs {
-        let exe = p["exe"].as_str().unwrap_or_default().to_string();
-        let cmdline: Vec<String> = p["cmdline"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
-            .unwrap_or_default();
-        let mut stacks = HashMap::new();
-        for s in p["stacks"].as_array().into_iter().flatten() {
-            let frames: Vec<crate::report::Frame> =
-                serde_json::from_value(s["frames"].clone()).unwrap_or_default();
-            stacks.insert(signature(&frames), s["bytes"].as_u64().unwrap_or(0));
-        }
+    for p in report.processes {
+        let stacks = p.stacks.iter().map(|s| (signature(&s.frames), s.bytes)).collect();
         out.insert(
-            (exe, cmdline),
+            (p.exe.unwrap_or_default(), p.cmdline.unwrap_or_default()),
             BaseProc {
-                pid: p["pid"].as_u64().unwrap_or(0),
-                outstanding_bytes: p["outstanding_bytes"].as_u64().unwrap_or(0),
-                leak_rate: p["leak_rate_bytes_per_s"].as_f64().unwrap_or(0.0),
+                pid: u64::from(p.pid),
+                outstanding_bytes: p.outstanding_bytes,
+                leak_rate: p.leak_rate_bytes_per_s.unwrap_or(0.0),
                 stacks,
             },
         );
@@ -295,14 +285,15 @@ impl Baseline {
         let Some(b) = self.procs.get(&key) else { return };
         p.baseline = Some(BaselineDelta {
             matched_pid: b.pid,
-            outstanding_bytes_delta: p.outstanding_bytes as i64 - b.outstanding_bytes as i64,
+            outstanding_bytes_delta: i128::from(p.outstanding_bytes)
+                - i128::from(b.outstanding_bytes),
             leak_rate_delta_bytes_per_s: p.leak_rate_bytes_per_s - b.leak_rate,
         });
         for s in &mut p.stacks {
             s.baseline_delta_bytes = b
                 .stacks
                 .get(&signature(&s.stack.frames))
-                .map(|old| s.stack.bytes as i64 - *old as i64);
+                .map(|old| i128::from(s.stack.bytes) - i128::from(*old));
         }
     }
 }
