@@ -321,6 +321,24 @@ fn a_full_disk_keeps_the_previous_report() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names.len(), 2, "temporaries left behind: {names:?}");
+
+    // Interval reports until the disk fills: the file ends with a whole report, never part of one.
+    std::fs::remove_file(&out).unwrap();
+    std::fs::remove_file(&filler).unwrap();
+    std::fs::write(&filler, vec![b'x'; 48 << 10]).unwrap();
+    let fx = sleeper();
+    let mut c = leaktrace();
+    c.args(["trace", "-p", &fx.id().to_string(), "--min-age", "0s", "--interval", "20ms", "--format", "json", "-o"])
+        .arg(&out);
+    let (st, err) = run_at_most(c, common::TIMEOUT, None);
+    sigkill(fx);
+    assert_eq!(st.and_then(|s| s.code()), Some(2), "{err}");
+    assert!(err.contains("No space left"), "{err}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.lines().count() >= 1 && text.ends_with('\n'), "{text}");
+    for l in text.lines() {
+        serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+    }
 }
 
 #[test]
