@@ -34,7 +34,14 @@ fn mode(p: &Path) -> u32 {
 fn trace_hold(args: &[&str], out: &Path) -> Command {
     let hold = common::fixture("hold", &[]);
     let mut c = leaktrace();
-    c.arg("trace").args(["--min-age", "0s"]).args(args).arg("-o").arg(out).arg("--").arg(hold).arg("10");
+    c.arg("trace")
+        .args(["--min-age", "0s"])
+        .args(args)
+        .arg("-o")
+        .arg(out)
+        .arg("--")
+        .arg(hold)
+        .arg("10");
     c.stdout(Stdio::null());
     c
 }
@@ -113,9 +120,16 @@ fn symlink_at_the_output_leaves_its_target_alone() {
     // Planted by a user in a directory everyone can write, as /tmp.
     std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).unwrap();
     std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o1777)).unwrap();
-    let out = trace_hold(&["--format", "json"], &link).stderr(Stdio::piped()).output().unwrap();
+    let out = trace_hold(&["--format", "json"], &link)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(std::fs::read(&victim).unwrap(), b"precious\n", "the symlink was followed; {err}");
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        b"precious\n",
+        "the symlink was followed; {err}"
+    );
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("symbolic link"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -132,8 +146,10 @@ fn svg_temporary_is_not_predictable() {
     assert!(wait_with_timeout(&mut lt).success());
     assert_eq!(std::fs::read(&mine).unwrap(), b"a user's file\n", "x.tmp was destroyed");
     assert!(std::fs::read_to_string(&out).unwrap().contains("<svg"));
-    let names: Vec<String> =
-        std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> = std::fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     assert_eq!(names.len(), 2, "temporaries left behind: {names:?}");
 }
 
@@ -145,7 +161,12 @@ fn outputs_are_0600_under_umask_000() {
         let out = d.join(name);
         let mut c = trace_hold(&["--format", format], &out);
         // SAFETY: umask is async-signal-safe.
-        unsafe { c.pre_exec(|| { libc::umask(0); Ok(()) }) };
+        unsafe {
+            c.pre_exec(|| {
+                libc::umask(0);
+                Ok(())
+            })
+        };
         let mut lt = c.spawn().unwrap();
         assert!(wait_with_timeout(&mut lt).success());
         assert_eq!(mode(&out), 0o600, "{format}");
@@ -154,9 +175,26 @@ fn outputs_are_0600_under_umask_000() {
     let mut fx = sleeper();
     let out = d.join("audit.json");
     let mut c = leaktrace();
-    c.args(["audit", "-p", &fx.id().to_string(), "--duration", "1s", "--min-age", "0s", "--format", "json", "-o"]).arg(&out);
+    c.args([
+        "audit",
+        "-p",
+        &fx.id().to_string(),
+        "--duration",
+        "1s",
+        "--min-age",
+        "0s",
+        "--format",
+        "json",
+        "-o",
+    ])
+    .arg(&out);
     // SAFETY: as above.
-    unsafe { c.pre_exec(|| { libc::umask(0); Ok(()) }) };
+    unsafe {
+        c.pre_exec(|| {
+            libc::umask(0);
+            Ok(())
+        })
+    };
     let st = c.stdout(Stdio::null()).status().unwrap();
     let _ = fx.kill();
     let _ = fx.wait();
@@ -240,11 +278,19 @@ fn a_full_disk_keeps_the_previous_report() {
     let d = fresh_dir("full");
     // SAFETY: plain mount syscall on a directory of ours.
     let mounted = unsafe {
-        libc::mount(c"leaktrace-test".as_ptr(), std::ffi::CString::new(d.to_str().unwrap()).unwrap().as_ptr(),
-            c"tmpfs".as_ptr(), 0, c"size=64k".as_ptr().cast())
+        libc::mount(
+            c"leaktrace-test".as_ptr(),
+            std::ffi::CString::new(d.to_str().unwrap()).unwrap().as_ptr(),
+            c"tmpfs".as_ptr(),
+            0,
+            c"size=64k".as_ptr().cast(),
+        )
     } == 0;
     if !mounted {
-        eprintln!("SKIPPED a_full_disk_keeps_the_previous_report: cannot mount a tmpfs: {}", std::io::Error::last_os_error());
+        eprintln!(
+            "SKIPPED a_full_disk_keeps_the_previous_report: cannot mount a tmpfs: {}",
+            std::io::Error::last_os_error()
+        );
         return;
     }
     struct Unmount(PathBuf);
@@ -262,14 +308,37 @@ fn a_full_disk_keeps_the_previous_report() {
     // Fill the rest of it.
     let filler = d.join("filler");
     let _ = std::fs::write(&filler, vec![b'x'; 64 << 10]);
-    let o = trace_hold(&["--format", "json", "--top", "1000"], &out).stderr(Stdio::piped()).output().unwrap();
+    let o = trace_hold(&["--format", "json", "--top", "1000"], &out)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_ne!(o.status.code(), Some(0), "{err}");
     assert!(err.contains("No space left"), "{err}");
     assert_eq!(std::fs::read_to_string(&out).unwrap(), previous);
-    let names: Vec<String> =
-        std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> = std::fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     assert_eq!(names.len(), 2, "temporaries left behind: {names:?}");
+
+    // Interval reports until the disk fills: the file ends with a whole report, never part of one.
+    std::fs::remove_file(&out).unwrap();
+    std::fs::remove_file(&filler).unwrap();
+    std::fs::write(&filler, vec![b'x'; 48 << 10]).unwrap();
+    let fx = sleeper();
+    let mut c = leaktrace();
+    c.args(["trace", "-p", &fx.id().to_string(), "--min-age", "0s", "--interval", "20ms", "--format", "json", "-o"])
+        .arg(&out);
+    let (st, err) = run_at_most(c, common::TIMEOUT, None);
+    sigkill(fx);
+    assert_eq!(st.and_then(|s| s.code()), Some(2), "{err}");
+    assert!(err.contains("No space left"), "{err}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.lines().count() >= 1 && text.ends_with('\n'), "{text}");
+    for l in text.lines() {
+        serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+    }
 }
 
 #[test]
@@ -354,7 +423,9 @@ fn fifo_with_a_reader_gets_the_report() {
     let v: serde_json::Value = serde_json::from_slice(&got).expect("a JSON report through the FIFO");
     assert_eq!(v["report"], "final");
     // Written in place, never renamed over.
-    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&std::fs::symlink_metadata(&fifo).unwrap().file_type()));
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(
+        &std::fs::symlink_metadata(&fifo).unwrap().file_type()
+    ));
 }
 
 fn oom_refuses(dir: &Path, needle: &str) {
@@ -409,9 +480,17 @@ fn oom_dir_is_checked_and_never_chmodded() {
     // A missing one is created private, whatever the umask.
     let new = d.join("new");
     let mut c = leaktrace();
-    c.args(["oom", "--dir"]).arg(&new).stdout(Stdio::null()).stderr(Stdio::piped());
+    c.args(["oom", "--dir"])
+        .arg(&new)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     // SAFETY: umask is async-signal-safe.
-    unsafe { c.pre_exec(|| { libc::umask(0); Ok(()) }) };
+    unsafe {
+        c.pre_exec(|| {
+            libc::umask(0);
+            Ok(())
+        })
+    };
     let mut lt = c.spawn().unwrap();
     let err = Lines::new(lt.stderr.take().unwrap());
     err.wait_for("watching for OOM kills");
@@ -446,7 +525,11 @@ fn oom_watcher_survives_a_closed_stdout() {
     let exe = common::fixture("oomleak", &[]);
     let mut fx = Command::new("sh")
         .arg("-c")
-        .arg(format!("echo $$ > {}/cgroup.procs && exec {}", cg.display(), exe.display()))
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec {}",
+            cg.display(),
+            exe.display()
+        ))
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
@@ -459,6 +542,27 @@ fn oom_watcher_survives_a_closed_stdout() {
     let text = err.rest().join("\n");
     assert_eq!(st.code(), Some(0), "{text}");
     assert!(!text.contains("panicked"), "{text}");
-    let json = std::fs::read_dir(&dir).unwrap().flatten().filter(|e| e.path().extension().is_some_and(|x| x == "json"));
+    let json = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"));
     assert_eq!(json.count(), 1, "the report is written");
+}
+
+#[test]
+fn dev_stdout_is_written_in_place() {
+    require_kernel!();
+    // /dev/stdout is a root-owned link in a root-only directory: followed, never renamed over
+    // (a rename would replace the link itself with a regular file, for every program).
+    for (format, marker) in [("json", "\"report\":\"final\""), ("svg", "<svg")] {
+        let out = trace_hold(&["--format", format], Path::new("/dev/stdout"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{format}: {err}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains(marker), "{format}: {err}");
+        assert!(std::fs::symlink_metadata("/dev/stdout").unwrap().file_type().is_symlink());
+    }
 }

@@ -149,14 +149,18 @@ impl Sink {
                 Target::InPlace(dir.open_in_place(&name, true).map_err(err)?)
             }
             Some((libc::S_IFLNK, _)) => {
-                let to = std::fs::read_link(path).map(|t| format!(" (to {})", t.display())).unwrap_or_default();
+                let to = std::fs::read_link(path)
+                    .map(|t| format!(" (to {})", t.display()))
+                    .unwrap_or_default();
                 return Err(err(refusal(&format!(
                     "is a symbolic link{to}: leaktrace does not write through links; give the path of the file itself"
                 ))));
             }
             Some((libc::S_IFDIR, _)) => return Err(err(refusal("is a directory: give a file name"))),
             Some((libc::S_IFBLK, _)) => {
-                return Err(err(refusal("is a block device: leaktrace does not write reports over disks")));
+                return Err(err(refusal(
+                    "is a block device: leaktrace does not write reports over disks",
+                )));
             }
             Some(_) => Target::InPlace(dir.open_in_place(&name, false).map_err(err)?),
         };
@@ -365,7 +369,8 @@ impl Dir {
             let mut tmp = b".".to_vec();
             tmp.extend_from_slice(stem);
             tmp.extend_from_slice(format!(".{:016x}.tmp", random_u64()).as_bytes());
-            let c = CString::new(tmp).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in the path"))?;
+            let c =
+                CString::new(tmp).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in the path"))?;
             let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
             // SAFETY: our descriptor, a valid C string.
             let fd = unsafe { libc::openat(self.fd.as_raw_fd(), c.as_ptr(), flags, FILE_MODE as libc::c_uint) };
@@ -384,7 +389,10 @@ impl Dir {
             }
             return Ok((f, c));
         }
-        Err(io::Error::new(io::ErrorKind::AlreadyExists, "cannot find a free temporary file name"))
+        Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "cannot find a free temporary file name",
+        ))
     }
 
     /// Mode 0600 whatever the umask; the directory owner's when root writes in their directory.
@@ -420,10 +428,8 @@ impl Dir {
         let target = cstr(name)?;
         let done = f.write_all(data).and_then(|()| f.sync_all()).and_then(|()| {
             // SAFETY: our descriptor both sides, valid C strings.
-            cvt(unsafe {
-                libc::renameat(self.fd.as_raw_fd(), tmp.as_ptr(), self.fd.as_raw_fd(), target.as_ptr())
-            })
-            .map(drop)
+            cvt(unsafe { libc::renameat(self.fd.as_raw_fd(), tmp.as_ptr(), self.fd.as_raw_fd(), target.as_ptr()) })
+                .map(drop)
         });
         if let Err(e) = done {
             self.unlink(&tmp);
@@ -445,7 +451,9 @@ fn random_u64() -> u64 {
     let n = unsafe { libc::getrandom((&mut v as *mut u64).cast(), 8, 0) };
     if n != 8 {
         // Never seen on Linux ≥ 3.17; O_EXCL keeps even a guessable name safe, only less so.
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         v = t.as_nanos() as u64 ^ ((std::process::id() as u64) << 32);
     }
     v
@@ -465,8 +473,10 @@ mod tests {
     }
 
     fn entries(d: &Path) -> Vec<String> {
-        let mut v: Vec<String> =
-            std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         v.sort();
         v
     }
@@ -530,7 +540,9 @@ mod tests {
         let e = Sink::open(&d.join("link"), Mode::Append).err().unwrap();
         assert!(e.to_string().contains("symbolic link"), "{e}");
         assert_eq!(e.exit_code(), crate::error::EXIT_USAGE);
-        let e = Sink::open(Path::new(&format!("{}/", d.display())), Mode::Append).err().unwrap();
+        let e = Sink::open(Path::new(&format!("{}/", d.display())), Mode::Append)
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("not a file name"), "{e}");
         std::fs::create_dir(d.join("sub")).unwrap();
         let e = Sink::open(&d.join("sub"), Mode::Append).err().unwrap();
