@@ -79,6 +79,8 @@ fn fixed_report() -> Report {
         missed_returns: 0,
         malformed_events: 0,
         sampled_set_full: 0,
+        estimate_unreliable: false,
+        estimate_unreliable_reason: None,
         events: 0,
         group_by: GroupBy::Stack,
         sample_rate: None,
@@ -86,8 +88,12 @@ fn fixed_report() -> Report {
 }
 
 fn golden(name: &str, format: Format) {
+    golden_of(name, format, &fixed_report());
+}
+
+fn golden_of(name: &str, format: Format, report: &Report) {
     let mut out = Vec::new();
-    render(format, &fixed_report(), &mut out).unwrap();
+    render(format, report, &mut out).unwrap();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden").join(name);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, &out).unwrap();
@@ -133,4 +139,30 @@ fn svg_is_xml_with_every_site() {
         .collect();
     assert!(titles.iter().any(|t| t.starts_with("leak_session")), "{titles:?}");
     assert!(text.contains("leaktrace: 87.0 KiB in 26 blocks"), "title with totals");
+}
+
+/// The fixed report with a sampled set that overflowed 120 times at a 64 KiB rate.
+fn sampled_full_report() -> Report {
+    Report {
+        sample_rate: Some(65536),
+        sampled_set_full: 120,
+        estimate_unreliable: true,
+        estimate_unreliable_reason: leaktrace::report::unreliable_reason(120),
+        ..fixed_report()
+    }
+}
+
+#[test]
+fn text_warns_of_a_full_sampled_set() {
+    golden_of("report-sampled-full.txt", Format::Text, &sampled_full_report());
+}
+
+#[test]
+fn text_hints_at_stacks_hidden_by_top() {
+    let mut r = fixed_report();
+    r.processes[0].stacks.clear();
+    let mut out = Vec::new();
+    render(Format::Text, &r, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("  ... 2 more stacks (raise --top to see them)\n"), "{text}");
 }

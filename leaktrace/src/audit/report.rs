@@ -78,6 +78,12 @@ pub struct AuditReport {
     pub libraries: Vec<Library>,
     pub lost_events: u64,
     pub stack_errors: u64,
+    /// Sampled blocks the kernel could not remember (their frees are not seen): raise
+    /// --max-sampled.
+    pub sampled_set_full: u64,
+    /// True when the figures cannot be trusted (see the reason), as in trace's report.
+    pub estimate_unreliable: bool,
+    pub estimate_unreliable_reason: Option<String>,
     pub probe_hits: u64,
     pub events: u64,
     pub cpu_time_ms: u64,
@@ -172,6 +178,9 @@ pub fn build(b: BuildInput<'_>) -> AuditReport {
         libraries,
         lost_events: b.counters.lost,
         stack_errors: b.counters.stack_errors,
+        sampled_set_full: b.counters.sampled_full,
+        estimate_unreliable: b.counters.sampled_full > 0,
+        estimate_unreliable_reason: crate::report::unreliable_reason(b.counters.sampled_full),
         probe_hits: b.counters.hits,
         events: b.session.agg.events,
         cpu_time_ms: own_cpu_time().as_millis() as u64,
@@ -213,7 +222,9 @@ impl AuditReport {
             stack_errors: self.stack_errors,
             missed_returns: 0,
             malformed_events: 0,
-            sampled_set_full: 0,
+            sampled_set_full: self.sampled_set_full,
+            estimate_unreliable: self.estimate_unreliable,
+            estimate_unreliable_reason: self.estimate_unreliable_reason.clone(),
             events: 0,
             group_by: crate::config::GroupBy::Stack,
             sample_rate: self.sample_rate,
@@ -325,9 +336,12 @@ pub fn render_text(r: &AuditReport, fail_above: Option<f64>, out: &mut dyn Write
     )?;
     writeln!(
         out,
-        "cost: {} probe hits, {} events, {} lost, {} stack errors, {} ms CPU",
-        r.probe_hits, r.events, r.lost_events, r.stack_errors, r.cpu_time_ms
+        "cost: {} probe hits, {} events, {} lost, {} stack errors, {} sampled set full, {} ms CPU",
+        r.probe_hits, r.events, r.lost_events, r.stack_errors, r.sampled_set_full, r.cpu_time_ms
     )?;
+    if let Some(why) = &r.estimate_unreliable_reason {
+        writeln!(out, "warning: estimates unreliable: {why}")?;
+    }
     writeln!(out)?;
     writeln!(
         out,

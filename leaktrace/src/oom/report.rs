@@ -116,6 +116,8 @@ impl OomReport {
             missed_returns: 0,
             malformed_events: 0,
             sampled_set_full: 0,
+            estimate_unreliable: false,
+            estimate_unreliable_reason: None,
             events: 0,
             group_by: crate::config::GroupBy::Stack,
             sample_rate: None,

@@ -534,6 +534,8 @@ mod tests {
             missed_returns: 0,
             malformed_events: 0,
             sampled_set_full: 0,
+            estimate_unreliable: false,
+            estimate_unreliable_reason: None,
             events: 0,
             leaked_bytes: 3000,
             leaked_count: 3,

@@ -18,10 +18,13 @@ pub fn render(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
     opts.name_type = "Stack:".into();
     // A leak is often a thin sliver beside a big live heap: draw every stack, however narrow.
     opts.min_width = 0.0;
+    if let Some(why) = &r.estimate_unreliable_reason {
+        opts.subtitle = Some(format!("estimates unreliable: {why}"));
+    }
     let lines = folded::lines(r);
     if lines.is_empty() {
         // inferno refuses an empty profile; an empty graph says "nothing leaked" just as well.
-        opts.subtitle = Some("no surviving allocations".into());
+        opts.subtitle.get_or_insert_with(|| "no surviving allocations".into());
         let placeholder = ["(none) 1".to_string()];
         return inferno::flamegraph::from_lines(&mut opts, placeholder.iter().map(String::as_str), out)
             .map_err(std::io::Error::other);

@@ -14,6 +14,9 @@ pub fn render(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
         r.leaked_count,
         r.min_age_ms as f64 / 1000.0
     )?;
+    if let Some(why) = &r.estimate_unreliable_reason {
+        writeln!(out, "warning: estimates unreliable: {why}")?;
+    }
     for p in &r.processes {
         writeln!(out)?;
         writeln!(
@@ -50,8 +53,9 @@ pub fn render(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(out)?;
     writeln!(
         out,
-        "lost events: {}  stack errors: {}  missed returns: {}  malformed events: {}",
-        r.lost_events, r.stack_errors, r.missed_returns, r.malformed_events
+        "lost events: {}  stack errors: {}  missed returns: {}  malformed events: {}  \
+         sampled set full: {}",
+        r.lost_events, r.stack_errors, r.missed_returns, r.malformed_events, r.sampled_set_full
     )
 }
 
