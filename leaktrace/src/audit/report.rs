@@ -15,6 +15,7 @@ use super::{LibInfo, ProcInfo};
 use crate::{
     aggregate::{ProcStats, StackSummary},
     error::{Error, Result},
+    escape,
     probes::Counters,
     report::{StackReport, human_bytes, stack_reports, text},
     session::Session,
@@ -360,7 +361,7 @@ pub fn render_text(r: &AuditReport, fail_above: Option<f64>, out: &mut dyn Write
             "{:>4} {:>8}  {:<16} {:>12} {:>12}  {:?} ({}){}{}{}",
             p.rank,
             p.pid,
-            p.comm,
+            escape::text(&p.comm),
             rate(p.leak_rate_bytes_per_s),
             human_bytes(p.outstanding_bytes),
             p.rss_trend,
@@ -379,7 +380,7 @@ pub fn render_text(r: &AuditReport, fail_above: Option<f64>, out: &mut dyn Write
     }
     for p in r.processes.iter().filter(|p| p.leaked_bytes > 0).take(3) {
         writeln!(out)?;
-        writeln!(out, "{} ({}): leaking stacks", p.comm, p.pid)?;
+        writeln!(out, "{} ({}): leaking stacks", escape::text(&p.comm), p.pid)?;
         for (i, s) in p.stacks.iter().enumerate() {
             text::stack(out, i + 1, &s.stack)?;
         }

@@ -1,11 +1,19 @@
 //! A flame graph of the surviving bytes per stack, rendered by inferno from the folded lines,
-//! titled with the processes and the totals.
+//! titled with the processes and the totals. The frames come escaped from the folded lines and
+//! the title's comms from [`escape::text`]: no control character (which XML 1.0 forbids, even
+//! as a character reference) reaches the SVG. inferno writes `<>&"'` as entities itself, so
+//! nothing is entity-escaped here (that would show `&amp;lt;`).
 use std::io::Write;
 
 use super::{Report, folded, human_bytes};
+use crate::escape;
 
 pub fn render(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
-    let procs: Vec<String> = r.processes.iter().map(|p| format!("{} ({})", p.comm, p.pid)).collect();
+    let procs: Vec<String> = r
+        .processes
+        .iter()
+        .map(|p| format!("{} ({})", escape::text(&p.comm), p.pid))
+        .collect();
     let mut opts = inferno::flamegraph::Options::default();
     opts.title = format!(
         "leaktrace: {} in {} blocks older than {:.1}s — {}",
