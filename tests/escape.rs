@@ -429,3 +429,32 @@ fn oom_text_report_shows_hostile_names_escaped() {
     assert!(text.contains("        8 \\e[31mred "), "{text}");
     assert!(text.contains(&format!("--track-comm {COMM_SHOWN} ")), "{text}");
 }
+
+/// `leaktrace diff` prints names read from saved reports, which a traced process chose.
+#[test]
+fn diff_text_shows_hostile_names_escaped() {
+    let report = |bytes: u64| {
+        serde_json::json!({
+            "report": "final",
+            "processes": [{
+                "pid": 7, "comm": COMM, "leaked_bytes": bytes,
+                "stacks": [{
+                    "kind": "heap", "bytes": bytes, "count": 1,
+                    "frames": [{
+                        "address": "0x1", "function": FUNC, "file": FILE, "line": 2,
+                        "module": "/x", "inlined": false
+                    }]
+                }]
+            }]
+        })
+    };
+    let (old, new) = (tmp("hostile-old.json"), tmp("hostile-new.json"));
+    std::fs::write(&old, report(1000).to_string()).unwrap();
+    std::fs::write(&new, report(5000).to_string()).unwrap();
+    let o = leaktrace().arg("diff").arg(&old).arg(&new).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_no_controls("diff", &o.stdout);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains(&format!("\n{COMM_SHOWN} (pid 7 -> 7")), "{text}");
+    assert!(text.contains(&format!("  {FUNC_SHOWN} (heap)")), "{text}");
+}
