@@ -171,7 +171,7 @@ pub fn render(d: &Diff, format: Format, out: &mut dyn Write) -> std::io::Result<
         writeln!(
             out,
             "{} (pid {} -> {}, matched by {}): leaked {}",
-            p.comm,
+            crate::escape::text(&p.comm),
             p.old_pid.map(|x| x.to_string()).unwrap_or_else(|| "?".into()),
             p.new_pid.map(|x| x.to_string()).unwrap_or_else(|| "?".into()),
             p.matched_by,
@@ -188,7 +188,7 @@ pub fn render(d: &Diff, format: Format, out: &mut dyn Write) -> std::io::Result<
                 s.count_delta,
                 human_bytes(s.old_bytes),
                 human_bytes(s.new_bytes),
-                site,
+                crate::escape::text(&site),
                 s.kind
             )?;
         }

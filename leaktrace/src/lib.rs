@@ -5,6 +5,7 @@ pub mod audit;
 pub mod config;
 pub mod diff;
 pub mod error;
+pub mod escape;
 pub mod intake;
 pub mod metrics;
 pub mod oom;

@@ -61,7 +61,8 @@ fn main() {
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("leaktrace: {e}");
+            // Errors can name what the traced process chose (its comm, its libraries' paths).
+            eprintln!("leaktrace: {}", leaktrace::escape::text(&e.to_string()));
             std::process::exit(e.exit_code());
         }
     }

@@ -943,4 +943,18 @@ mod tests {
         let again = serve(addr, m).await.unwrap();
         assert_eq!(again.local_addr(), addr);
     }
+
+    /// A comm the traced process chose: prometheus-client escapes what the text format
+    /// requires in a label value (backslash, double quote, newline), so nothing is added here;
+    /// other bytes are UTF-8 text in the format, ESC included.
+    #[test]
+    fn hostile_comm_label_is_escaped_by_prometheus_client() {
+        let m = Metrics::default();
+        m.update(&[sample(9, "ev\x1b[2Jil\n;x<&\\\"", 10, 3, 1)], 0);
+        m.oom_kill("a\nb");
+        let t = m.render_openmetrics();
+        let l = r#"{pid="9",comm="ev\x1b[2Jil\n;x<&\\\""}"#.replace("\\x1b", "\x1b");
+        assert_eq!(value(&t, &format!("leaktrace_frees_total{l}")), Some(1), "{t}");
+        assert_eq!(value(&t, r#"leaktrace_oom_kills_total{comm="a\nb"}"#), Some(1), "{t}");
+    }
 }

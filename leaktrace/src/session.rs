@@ -183,7 +183,7 @@ fn warn_single_stepped(lib: &AllocatorLib) {
             "leaktrace: warning: {} in {} is probed at offset {:#x} (`{}`), which the kernel \
              single-steps (~10 µs per call instead of ~1 µs)",
             names.join("/"),
-            lib.path.display(),
+            crate::escape::text(&lib.path.to_string_lossy()),
             p.probe_offset - p.symbol_offset,
             p.instruction
         );

@@ -139,7 +139,12 @@ pub async fn run(cfg: TraceConfig) -> Result<()> {
     for (pid, comm, libs) in &plan {
         let n = session.track(*pid, comm, libs)?;
         let libs: Vec<_> = libs.iter().map(|l| l.path.display().to_string()).collect();
-        eprintln!("leaktrace: tracing pid {pid} ({comm}): {n} probes on {}", libs.join(", "));
+        let libs: Vec<_> = libs.iter().map(|l| crate::escape::text(l)).collect();
+        eprintln!(
+            "leaktrace: tracing pid {pid} ({}): {n} probes on {}",
+            crate::escape::text(comm),
+            libs.join(", ")
+        );
     }
 
     let ring = session.probes.take_ring().ok_or_else(|| Error::Bpf("no ring".into()))?;

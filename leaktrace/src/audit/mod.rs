@@ -352,7 +352,7 @@ impl Audit<'_> {
             let Some(Some(lib)) = self.inspected.get(&key).cloned() else { continue };
             match self.session.probes.attach_allocator_all(&lib) {
                 Ok(_) => self.session.probes.mark_probed(key),
-                Err(e) => eprintln!("leaktrace: warning: {e}"),
+                Err(e) => eprintln!("leaktrace: warning: {}", crate::escape::text(&e.to_string())),
             }
         }
     }

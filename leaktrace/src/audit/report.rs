@@ -15,6 +15,7 @@ use super::{LibInfo, ProcInfo};
 use crate::{
     aggregate::{ProcStats, StackSummary},
     error::{Error, Result},
+    escape,
     probes::Counters,
     report::{StackReport, human_bytes, stack_reports, text},
     session::Session,
@@ -79,6 +80,12 @@ pub struct AuditReport {
     pub libraries: Vec<Library>,
     pub lost_events: u64,
     pub stack_errors: u64,
+    /// Sampled blocks the kernel could not remember (their frees are not seen): raise
+    /// --max-sampled.
+    pub sampled_set_full: u64,
+    /// True when the figures cannot be trusted (see the reason), as in trace's report.
+    pub estimate_unreliable: bool,
+    pub estimate_unreliable_reason: Option<String>,
     pub probe_hits: u64,
     pub events: u64,
     pub cpu_time_ms: u64,
@@ -173,6 +180,9 @@ pub fn build(b: BuildInput<'_>) -> AuditReport {
         libraries,
         lost_events: b.counters.lost,
         stack_errors: b.counters.stack_errors,
+        sampled_set_full: b.counters.sampled_full,
+        estimate_unreliable: b.counters.sampled_full > 0,
+        estimate_unreliable_reason: crate::report::unreliable_reason(b.counters.sampled_full),
         probe_hits: b.counters.hits,
         events: b.session.agg.events,
         cpu_time_ms: own_cpu_time().as_millis() as u64,
@@ -214,7 +224,9 @@ impl AuditReport {
             stack_errors: self.stack_errors,
             missed_returns: 0,
             malformed_events: 0,
-            sampled_set_full: 0,
+            sampled_set_full: self.sampled_set_full,
+            estimate_unreliable: self.estimate_unreliable,
+            estimate_unreliable_reason: self.estimate_unreliable_reason.clone(),
             events: 0,
             group_by: crate::config::GroupBy::Stack,
             sample_rate: self.sample_rate,
@@ -316,9 +328,12 @@ pub fn render_text(r: &AuditReport, fail_above: Option<f64>, out: &mut dyn Write
     )?;
     writeln!(
         out,
-        "cost: {} probe hits, {} events, {} lost, {} stack errors, {} ms CPU",
-        r.probe_hits, r.events, r.lost_events, r.stack_errors, r.cpu_time_ms
+        "cost: {} probe hits, {} events, {} lost, {} stack errors, {} sampled set full, {} ms CPU",
+        r.probe_hits, r.events, r.lost_events, r.stack_errors, r.sampled_set_full, r.cpu_time_ms
     )?;
+    if let Some(why) = &r.estimate_unreliable_reason {
+        writeln!(out, "warning: estimates unreliable: {why}")?;
+    }
     writeln!(out)?;
     writeln!(
         out,
@@ -337,7 +352,7 @@ pub fn render_text(r: &AuditReport, fail_above: Option<f64>, out: &mut dyn Write
             "{:>4} {:>8}  {:<16} {:>12} {:>12}  {:?} ({}){}{}{}",
             p.rank,
             p.pid,
-            p.comm,
+            escape::text(&p.comm),
             rate(p.leak_rate_bytes_per_s),
             human_bytes(p.outstanding_bytes),
             p.rss_trend,
@@ -356,7 +371,7 @@ pub fn render_text(r: &AuditReport, fail_above: Option<f64>, out: &mut dyn Write
     }
     for p in r.processes.iter().filter(|p| p.leaked_bytes > 0).take(3) {
         writeln!(out)?;
-        writeln!(out, "{} ({}): leaking stacks", p.comm, p.pid)?;
+        writeln!(out, "{} ({}): leaking stacks", escape::text(&p.comm), p.pid)?;
         for (i, s) in p.stacks.iter().enumerate() {
             text::stack(out, i + 1, &s.stack)?;
         }

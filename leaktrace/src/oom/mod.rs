@@ -22,6 +22,7 @@ use crate::{
     allocator,
     config::{Format, OomConfig},
     error::{Error, Result},
+    escape,
     procinfo::{self, CgroupPaths, ProcSnapshot},
     report::stack_reports,
     probes::Scope,
@@ -244,7 +245,7 @@ fn processes_named(names: &[String]) -> Vec<(u32, String)> {
 impl Watcher<'_> {
     fn track(&mut self, pid: u32, comm: &str, libs: &[allocator::AllocatorLib]) -> Result<()> {
         let n = self.session.track(pid, comm, libs)?;
-        eprintln!("leaktrace: tracking pid {pid} ({comm}): {n} probes");
+        eprintln!("leaktrace: tracking pid {pid} ({}): {n} probes", escape::text(comm));
         let mut history = History::new(HISTORY);
         if let Some(rss) = procinfo::rss_bytes(pid) {
             history.push(Sample { t_ms: 0, rss_bytes: rss });
@@ -276,13 +277,18 @@ impl Watcher<'_> {
                 Ok(libs) if !libs.is_empty() => {
                     self.pending.remove(&pid);
                     if let Err(e) = self.track(pid, &comm, &libs) {
-                        eprintln!("leaktrace: cannot track pid {pid} ({comm}): {e}");
+                        eprintln!(
+                            "leaktrace: cannot track pid {pid} ({}): {}",
+                            escape::text(&comm),
+                            escape::text(&e.to_string())
+                        );
                     }
                 }
                 _ if since.elapsed() > ATTACH_GRACE => {
                     self.pending.remove(&pid);
                     eprintln!(
-                        "leaktrace: pid {pid} ({comm}) maps no recognizable allocator; not tracking it"
+                        "leaktrace: pid {pid} ({}) maps no recognizable allocator; not tracking it",
+                        escape::text(&comm)
                     );
                 }
                 _ => {}
@@ -515,13 +521,13 @@ impl Watcher<'_> {
                 "leaktrace: {} pid {} ({}) anon-rss {} cgroup {} ({}) -> {}",
                 r.reason,
                 v.pid,
-                v.comm,
+                escape::text(&v.comm),
                 v.anon_rss_kb
                     .map(|k| crate::report::human_bytes(k * 1024))
                     .unwrap_or_else(|| "?".into()),
-                v.cgroup.as_deref().unwrap_or("?"),
+                escape::text(v.cgroup.as_deref().unwrap_or("?")),
                 r.oom_scope,
-                path.display()
+                escape::text(&path.to_string_lossy())
             ),
         };
         match Sink::stdout(Mode::Append).write(format!("{line}\n").as_bytes()) {

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::{
     config::Format,
+    escape,
     procinfo::{Consumer, Memcg, ProcSnapshot},
     report::{StackReport, human_bytes, text},
     trend::{Sample, Trend},
@@ -117,6 +118,8 @@ impl OomReport {
             missed_returns: 0,
             malformed_events: 0,
             sampled_set_full: 0,
+            estimate_unreliable: false,
+            estimate_unreliable_reason: None,
             events: 0,
             group_by: crate::config::GroupBy::Stack,
             sample_rate: None,
@@ -140,13 +143,14 @@ fn kb(v: Option<u64>) -> String {
 pub fn render_text(r: &OomReport, out: &mut dyn Write) -> std::io::Result<()> {
     let v = &r.victim;
     let what = if r.reason == "oom_kill" { "OOM kill of" } else { "Threshold snapshot of" };
-    writeln!(out, "{what} pid {} ({}) at {}", v.pid, v.comm, r.time)?;
+    writeln!(out, "{what} pid {} ({}) at {}", v.pid, escape::text(&v.comm), r.time)?;
     if let Some(t) = &r.threshold {
         writeln!(out, "  crossed: {t}")?;
     }
-    writeln!(out, "  scope: {} ({})", r.oom_scope, r.oom_scope_reason)?;
+    writeln!(out, "  scope: {} ({})", r.oom_scope, escape::text(&r.oom_scope_reason))?;
     if let Some(c) = &v.cmdline {
-        writeln!(out, "  command: {}", c.join(" "))?;
+        let args: Vec<_> = c.iter().map(|a| escape::text(a)).collect();
+        writeln!(out, "  command: {}", args.join(" "))?;
     }
     writeln!(
         out,
@@ -169,12 +173,16 @@ pub fn render_text(r: &OomReport, out: &mut dyn Write) -> std::io::Result<()> {
             out,
             "  memory cgroup (v{}): {} limit {}, peak usage {}, usage now {}",
             m.version,
-            m.path,
+            escape::text(&m.path),
             m.limit_bytes.map(human_bytes).unwrap_or_else(|| "none".into()),
             m.max_usage_bytes.map(human_bytes).unwrap_or_else(|| "?".into()),
             m.usage_bytes.map(human_bytes).unwrap_or_else(|| "?".into())
         )?,
-        None => writeln!(out, "  memory cgroup: {}", v.cgroup.as_deref().unwrap_or("unknown"))?,
+        None => writeln!(
+            out,
+            "  memory cgroup: {}",
+            escape::text(v.cgroup.as_deref().unwrap_or("unknown"))
+        )?,
     }
     if let Some(t) = &r.rss_trend {
         writeln!(out, "  RSS trend: {:?}: {}", t.class, t.explanation)?;
@@ -189,7 +197,7 @@ pub fn render_text(r: &OomReport, out: &mut dyn Write) -> std::io::Result<()> {
     }
     writeln!(out, "  top memory consumers at that moment:")?;
     for c in &r.top_consumers {
-        writeln!(out, "    {:>8} {:<16} {}", c.pid, c.comm, human_bytes(c.rss_bytes))?;
+        writeln!(out, "    {:>8} {:<16} {}", c.pid, escape::text(&c.comm), human_bytes(c.rss_bytes))?;
     }
     if r.tracked {
         writeln!(out, "  stacks holding memory:")?;
@@ -203,14 +211,14 @@ pub fn render_text(r: &OomReport, out: &mut dyn Write) -> std::io::Result<()> {
         writeln!(
             out,
             "  stacks: not tracked (start leaktrace oom with --track-comm {} to record them)",
-            v.comm
+            escape::text(&v.comm)
         )?;
     }
     if !r.missing_fields.is_empty() {
         writeln!(out, "  not reported by this kernel: {}", r.missing_fields.join(", "))?;
     }
     if !r.proc.unavailable.is_empty() {
-        writeln!(out, "  could not read: {}", r.proc.unavailable.join("; "))?;
+        writeln!(out, "  could not read: {}", escape::text(&r.proc.unavailable.join("; ")))?;
     }
     writeln!(out, "  lost events: {}  stack errors: {}", r.lost_events, r.stack_errors)
 }

@@ -3,18 +3,24 @@
 use std::io::Write;
 
 use super::{Frame, Report};
+use crate::escape;
 
-/// A frame's name in folded output: function (with `:line` if known), else module+address.
-/// `;` and spaces would break the format, so they are replaced.
+/// A frame's name in folded output: its function, else module+address; escaped by
+/// [`escape::folded_frame`] (no `;`, space, newline or other control character inside).
 pub fn frame_name(f: &Frame) -> String {
-    let name = match (&f.function, f.line) {
-        (Some(func), _) => func.clone(),
-        (None, _) => match &f.module {
+    let name = match &f.function {
+        Some(func) => func.clone(),
+        None => match &f.module {
             Some(m) => format!("{}+{}", m.rsplit('/').next().unwrap_or(m), f.address),
             None => f.address.clone(),
         },
     };
-    name.replace([';', ' '], "_")
+    escape::folded_frame(&name).into_owned()
+}
+
+/// The root frame naming the process: `comm_(pid)`.
+fn process_name(comm: &str, pid: u32) -> String {
+    format!("{}_({pid})", escape::folded_frame(comm))
 }
 
 /// The folded lines of a report (without trailing newlines), heaviest first.
@@ -22,7 +28,7 @@ pub fn lines(r: &Report) -> Vec<String> {
     let mut out = Vec::new();
     for p in &r.processes {
         for s in p.stacks.iter().filter(|s| s.bytes > 0) {
-            let mut parts = vec![format!("{} ({})", p.comm, p.pid).replace([';', ' '], "_")];
+            let mut parts = vec![process_name(&p.comm, p.pid)];
             parts.extend(s.frames.iter().rev().map(frame_name));
             out.push(format!("{} {}", parts.join(";"), s.bytes));
         }

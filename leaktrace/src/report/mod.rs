@@ -122,6 +122,10 @@ pub struct Report {
     /// Sampled blocks the kernel could not remember (their frees are not seen): raise
     /// --max-sampled.
     pub sampled_set_full: u64,
+    /// True when the figures cannot be trusted (see the reason): blocks freed after the sampled
+    /// set filled are counted as leaks.
+    pub estimate_unreliable: bool,
+    pub estimate_unreliable_reason: Option<String>,
     /// Events taken in since the start.
     pub events: u64,
     pub leaked_bytes: u64,
@@ -174,6 +178,8 @@ pub fn build(
         group_by: ctx.group_by,
         sample_rate: ctx.sample_rate,
         sampled_set_full: ctx.counters.sampled_full,
+        estimate_unreliable: ctx.counters.sampled_full > 0,
+        estimate_unreliable_reason: unreliable_reason(ctx.counters.sampled_full),
         events: agg.events,
         elapsed_ms: ctx.elapsed.as_millis() as u64,
         min_age_ms: ctx.min_age.as_millis() as u64,
@@ -185,6 +191,17 @@ pub fn build(
         missed_returns: ctx.counters.missed_returns + ctx.counters.pending_full,
         malformed_events: ctx.malformed,
     }
+}
+
+/// Why the figures cannot be trusted when the kernel's sampled set overflowed `sampled_full`
+/// times: a sampled block it could not remember is reported, but its free is never seen.
+pub fn unreliable_reason(sampled_full: u64) -> Option<String> {
+    (sampled_full > 0).then(|| {
+        format!(
+            "the sampled set was full {sampled_full} times: frees of those blocks were not seen, \
+             so freed blocks are counted as leaks (raise --max-sampled)"
+        )
+    })
 }
 
 fn process_report(
@@ -226,6 +243,8 @@ fn process_report(
             kept.push((r, s));
         }
     }
+    // Counted before --top cuts the list, for the "N more stacks" hint.
+    let stacks_kept = kept.iter().filter(|(r, _)| r.count > 0).count();
     kept.truncate(limit);
     let mut reports: Vec<StackReport> = Vec::with_capacity(kept.len());
     for (mut r, s) in kept {
@@ -238,7 +257,11 @@ fn process_report(
     if grouped {
         reports = group(reports, ctx.group_by);
     }
-    let stacks_total = reports.iter().filter(|r| r.count > 0).count();
+    let stacks_total = if grouped {
+        reports.iter().filter(|r| r.count > 0).count()
+    } else {
+        stacks_kept
+    };
     if !ctx.for_pprof {
         reports.retain(|r| r.count > 0);
         reports.truncate(ctx.top);

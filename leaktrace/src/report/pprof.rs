@@ -198,7 +198,10 @@ struct Builder {
 }
 
 impl Builder {
+    /// Every string goes through [`crate::escape::text`]: `go tool pprof -top` and its peers print
+    /// them raw, and names the traced process chose must not drive the reader's terminal.
     fn intern(&mut self, s: &str) -> i64 {
+        let s = &*crate::escape::text(s);
         if let Some(&id) = self.string_ids.get(s) {
             return id;
         }
@@ -534,6 +537,8 @@ mod tests {
             missed_returns: 0,
             malformed_events: 0,
             sampled_set_full: 0,
+            estimate_unreliable: false,
+            estimate_unreliable_reason: None,
             events: 0,
             leaked_bytes: 3000,
             leaked_count: 3,

@@ -1,8 +1,10 @@
 //! Text rendering for people: per process, the leaking stacks largest first, then the counters
-//! that say whether anything was lost.
+//! that say whether anything was lost. Names the traced process chose (comm, symbols, files,
+//! modules) go through [`escape::text`]: one line each, no control character reaches the reader.
 use std::io::Write;
 
 use super::{Report, StackReport, human_bytes};
+use crate::escape;
 
 pub fn render(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
     let title = if r.report == "final" { "final report" } else { "report" };
@@ -14,13 +16,16 @@ pub fn render(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
         r.leaked_count,
         r.min_age_ms as f64 / 1000.0
     )?;
+    if let Some(why) = &r.estimate_unreliable_reason {
+        writeln!(out, "warning: estimates unreliable: {why}")?;
+    }
     for p in &r.processes {
         writeln!(out)?;
         writeln!(
             out,
             "PID {} ({}){}: {} in {} blocks leaked; {} in {} blocks outstanding; {} allocations, {} frees",
             p.pid,
-            p.comm,
+            escape::text(&p.comm),
             if p.exited { ", exited" } else { "" },
             human_bytes(p.leaked_bytes),
             p.leaked_count,
@@ -50,8 +55,9 @@ pub fn render(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(out)?;
     writeln!(
         out,
-        "lost events: {}  stack errors: {}  missed returns: {}  malformed events: {}",
-        r.lost_events, r.stack_errors, r.missed_returns, r.malformed_events
+        "lost events: {}  stack errors: {}  missed returns: {}  malformed events: {}  \
+         sampled set full: {}",
+        r.lost_events, r.stack_errors, r.missed_returns, r.malformed_events, r.sampled_set_full
     )
 }
 
@@ -68,11 +74,11 @@ pub fn stack(out: &mut dyn Write, n: usize, s: &StackReport) -> std::io::Result<
         writeln!(out, "      [stack unavailable]")?;
     }
     for f in &s.frames {
-        let func = f.function.as_deref().unwrap_or("??");
+        let func = escape::text(f.function.as_deref().unwrap_or("??"));
         let loc = match (&f.file, f.line) {
-            (Some(file), Some(line)) => format!("{file}:{line}"),
-            (Some(file), None) => file.clone(),
-            _ => f.module.clone().unwrap_or_else(|| f.address.clone()),
+            (Some(file), Some(line)) => format!("{}:{line}", escape::text(file)),
+            (Some(file), None) => escape::text(file).into_owned(),
+            _ => escape::text(f.module.as_deref().unwrap_or(&f.address)).into_owned(),
         };
         let inl = if f.inlined { " (inlined)" } else { "" };
         writeln!(out, "      {func}{inl}  {loc}")?;
