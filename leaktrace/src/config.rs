@@ -169,6 +169,7 @@ impl TryFrom<AuditArgs> for AuditConfig {
                 max_sampled: a.max_sampled,
                 empty: false,
                 overflow_only: false,
+                sample_seed: None,
             },
             ring_size: a.ring_size,
         })
@@ -342,6 +343,9 @@ pub struct TraceArgs {
     /// full are lost (counted); it absorbs the drain's pauses.
     #[arg(long, default_value_t = 16 << 20, value_name = "BYTES")]
     pub ring_size: u32,
+    /// Seed of the sampling draws, for reproducible tests (default: from the clock).
+    #[arg(long, hide = true, value_name = "N")]
+    pub sample_seed: Option<u64>,
     /// Command to launch and trace from its first allocation.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -443,6 +447,7 @@ impl TryFrom<TraceArgs> for TraceConfig {
                 max_sampled: a.max_sampled,
                 empty: a.empty_probes,
                 overflow_only: a.pending_overflow_only,
+                sample_seed: a.sample_seed,
             },
             ring_size,
         })

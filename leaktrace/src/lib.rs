@@ -12,6 +12,7 @@ pub mod procinfo;
 pub mod probes;
 pub mod prologue;
 pub mod report;
+pub mod sampling;
 pub mod stacks;
 pub mod symbolize;
 pub mod target;
