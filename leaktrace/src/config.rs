@@ -347,15 +347,16 @@ pub struct TraceArgs {
     #[arg(long, hide = true, value_name = "N")]
     pub sample_seed: Option<u64>,
     /// Command to launch and trace from its first allocation.
-    #[arg(last = true, value_name = "CMD")]
-    pub command: Vec<String>,
+    // Arguments are passed to the command byte for byte, UTF-8 or not.
+    #[arg(last = true, value_name = "CMD", value_parser = clap::value_parser!(std::ffi::OsString))]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 /// What to trace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     Pids(Vec<u32>),
-    Launch(Vec<String>),
+    Launch(Vec<std::ffi::OsString>),
 }
 
 #[derive(Debug, Clone)]
