@@ -168,6 +168,25 @@ fn a_shebang_script_is_traced_through_its_interpreter() {
     }
 }
 
+/// A script whose interpreter is missing cannot start: one line saying so, exit 2.
+#[test]
+fn a_script_with_a_missing_interpreter_is_an_error() {
+    require_kernel!();
+    let script = tmp("orphan-script");
+    std::fs::write(&script, "#!/nonexistent/interpreter\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = traced("orphan.json", &[script.as_os_str()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("cannot start") && stderr.contains("interpreter"),
+        "{stderr}"
+    );
+}
+
 /// Whether `pid` is gone (or a zombie nobody reaps: dead all the same).
 fn dead(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

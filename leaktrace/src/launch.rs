@@ -267,10 +267,18 @@ fn exec_result(status: &mut File) -> io::Result<()> {
             Err(e) => return Err(e),
         }
     }
-    match got {
-        0 => Ok(()),
-        _ => Err(io::Error::from_raw_os_error(i32::from_ne_bytes(errno))),
+    if got == 0 {
+        return Ok(());
     }
+    let errno = i32::from_ne_bytes(errno);
+    let e = io::Error::from_raw_os_error(errno);
+    // The program was found on the way in, so these are about what it needs to run.
+    let hint = match errno {
+        libc::ENOENT => " (is its #! interpreter, or its ELF loader, missing?)",
+        libc::ENOEXEC => " (not a program this kernel runs, and no #! line)",
+        _ => "",
+    };
+    Err(io::Error::new(e.kind(), format!("{e}{hint}")))
 }
 
 fn pipe() -> io::Result<(File, File)> {
