@@ -185,6 +185,10 @@ mod tests {
             }
             let mean = estimates.iter().sum::<f64>() / estimates.len() as f64;
             let err = mean / leaked as f64 - 1.0;
+            eprintln!(
+                "rate {rate}: mean of 50 estimates {mean:.0}, true {leaked} ({:+.2}%)",
+                100.0 * err
+            );
             assert!(
                 err.abs() < 0.10,
                 "rate {rate}: mean estimate {mean:.0}, true {leaked} ({:+.1}%)",
@@ -210,6 +214,7 @@ mod tests {
             total += run.estimate();
         }
         let mean = total / (1000 * CPUS) as f64;
+        eprintln!("first allocations of {SIZE} B at 1 MiB: mean estimate {mean:.0}");
         assert!(
             (mean / SIZE as f64 - 1.0).abs() < 0.10,
             "mean estimate {mean:.0} of a {SIZE}-byte block"
