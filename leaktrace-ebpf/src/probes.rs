@@ -87,17 +87,14 @@ fn take_sample(size: u64) -> bool {
     let Some(c) = COUNTDOWN.get_ptr_mut(0) else {
         return true;
     };
-    unsafe {
-        let left = *c - size as i64;
-        if left > 0 {
-            *c = left;
-            return false;
-        }
-        let i = aya_ebpf::helpers::bpf_get_prandom_u32() % SAMPLE_DRAWS;
+    let draw = || {
+        // SAFETY: a helper without arguments.
+        let i = unsafe { aya_ebpf::helpers::bpf_get_prandom_u32() } % SAMPLE_DRAWS;
         let draw = DRAWS.get(i).copied().unwrap_or(1) as i64;
-        *c = if draw > 0 { draw } else { 1 };
-    }
-    true
+        if draw > 0 { draw } else { 1 }
+    };
+    // SAFETY: a per-CPU slot, used by one program at a time on this CPU.
+    leaktrace_common::countdown_step(unsafe { &mut *c }, size, draw)
 }
 
 #[inline(always)]

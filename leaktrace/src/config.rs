@@ -185,6 +185,7 @@ impl TryFrom<AuditArgs> for AuditConfig {
                 max_sampled: a.max_sampled,
                 empty: false,
                 overflow_only: false,
+                sample_seed: None,
             },
             ring_size,
             max_input_size,
@@ -389,16 +390,20 @@ pub struct TraceArgs {
     /// full are lost (counted); it absorbs the drain's pauses.
     #[arg(long, allow_hyphen_values = true, default_value = "16MiB", value_name = "BYTES")]
     pub ring_size: String,
+    /// Seed of the sampling draws, for reproducible tests (default: from the clock).
+    #[arg(long, hide = true, value_name = "N")]
+    pub sample_seed: Option<u64>,
     /// Command to launch and trace from its first allocation.
-    #[arg(last = true, value_name = "CMD")]
-    pub command: Vec<String>,
+    // Arguments are passed to the command byte for byte, UTF-8 or not.
+    #[arg(last = true, value_name = "CMD", value_parser = clap::value_parser!(std::ffi::OsString))]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 /// What to trace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     Pids(Vec<u32>),
-    Launch(Vec<String>),
+    Launch(Vec<std::ffi::OsString>),
 }
 
 #[derive(Debug, Clone)]
@@ -498,6 +503,7 @@ impl TryFrom<TraceArgs> for TraceConfig {
                 max_sampled: a.max_sampled,
                 empty: a.empty_probes,
                 overflow_only: a.pending_overflow_only,
+                sample_seed: a.sample_seed,
             },
             ring_size,
         })

@@ -7,6 +7,7 @@ pub mod diff;
 pub mod error;
 pub mod escape;
 pub mod intake;
+pub mod launch;
 pub mod metrics;
 pub mod oom;
 pub mod procinfo;
@@ -16,6 +17,7 @@ pub mod report;
 pub mod saved;
 #[cfg(test)]
 mod fuzz_tests;
+pub mod sampling;
 pub mod stacks;
 pub mod symbolize;
 pub mod target;

@@ -33,6 +33,8 @@ pub struct Tuning {
     pub sample_rate: u64,
     /// Capacity of the sampled-block set (its overflow is counted).
     pub max_sampled: u32,
+    /// Seed of the sampling draws (tests); None: from the clock.
+    pub sample_seed: Option<u64>,
     /// Every program returns at once: the cost of the probes alone (benchmarks).
     pub empty: bool,
     /// Keep in-flight allocator calls in the overflow map only, never the per-thread array
@@ -58,27 +60,6 @@ pub struct Counters {
     pub pending_full: u64,
     pub hits: u64,
     pub sampled_full: u64,
-}
-
-/// `n` draws of an exponential distribution with mean `rate` (the gaps between samples of a
-/// Poisson process over bytes), at least 1 each. xorshift seeded from the clock: the sampling
-/// needs independence, not secrecy.
-pub fn exponential_draws(rate: u64, n: u32) -> Vec<u64> {
-    let mut x = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0x9e37_79b9_7f4a_7c15)
-        | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            // u in (0, 1]: never ln(0).
-            let u = ((x >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
-            ((-u.ln()) * rate as f64).round().max(1.0) as u64
-        })
-        .collect()
 }
 
 pub struct Probes {
@@ -152,7 +133,9 @@ impl Probes {
                     .ok_or_else(|| Error::Bpf("map DRAWS missing".into()))?,
             )
             .map_err(|e| bpf_err("draws", e))?;
-            for (i, d) in exponential_draws(tuning.sample_rate, SAMPLE_DRAWS).into_iter().enumerate() {
+            let seed = tuning.sample_seed.unwrap_or_else(crate::sampling::clock_seed);
+            let pool = crate::sampling::exponential_draws(tuning.sample_rate, SAMPLE_DRAWS, seed);
+            for (i, d) in pool.into_iter().enumerate() {
                 draws.set(i as u32, d, 0).map_err(|e| bpf_err("draws", e))?;
             }
         }
@@ -401,16 +384,5 @@ fn attach_rank(f: Option<AllocFn>) -> u8 {
         Some(AllocFn::Free) => 0,
         Some(AllocFn::Realloc) | Some(AllocFn::Reallocarray) => 1,
         _ => 2,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn exponential_draws_have_the_rate_as_mean() {
-        let d = super::exponential_draws(65536, 100_000);
-        let mean = d.iter().sum::<u64>() as f64 / d.len() as f64;
-        assert!((mean / 65536.0 - 1.0).abs() < 0.02, "mean {mean}");
-        assert!(d.iter().all(|&x| x >= 1));
     }
 }

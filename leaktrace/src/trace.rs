@@ -16,6 +16,7 @@ use tokio::{
 use crate::{
     aggregate::Pid,
     allocator::{self, AllocatorLib},
+    launch::{self, ChildState, Held},
     config::{Format, Target, TraceConfig},
     error::{Error, Result},
     report::{self, Report},
@@ -29,69 +30,6 @@ use crate::{
 /// quarter of the ring is full).
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
 
-/// A launched command, held before `exec` until the probes are armed.
-struct Held {
-    pid: u32,
-    release: std::fs::File,
-}
-
-/// What the launched child did since the last look.
-enum ChildState {
-    Running,
-    /// Stopped at exit with its memory still mapped: snapshot now, then `resume`.
-    Exiting,
-    Exited,
-}
-
-impl Held {
-    /// Seizes the child (before it execs) so that it stops at exit before its memory goes: a
-    /// command that runs for a few milliseconds can otherwise be gone, maps and all, before the
-    /// first drain, and its stacks could not be symbolized. Only the exit is traced.
-    fn seize(pid: u32) -> bool {
-        // SAFETY: ptrace on our own child; no memory is passed.
-        unsafe {
-            libc::ptrace(
-                libc::PTRACE_SEIZE,
-                pid as libc::pid_t,
-                std::ptr::null_mut::<libc::c_void>(),
-                libc::PTRACE_O_TRACEEXIT as usize as *mut libc::c_void,
-            ) == 0
-        }
-    }
-
-    fn poll(pid: u32) -> ChildState {
-        let mut status = 0;
-        // SAFETY: waitpid on our own child.
-        let r = unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG | libc::__WALL) };
-        if r == 0 {
-            return ChildState::Running;
-        }
-        if r < 0 || libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
-            return ChildState::Exited;
-        }
-        if libc::WIFSTOPPED(status) && status >> 8 == (libc::SIGTRAP | (libc::PTRACE_EVENT_EXIT << 8)) {
-            return ChildState::Exiting;
-        }
-        // Any other stop is a signal on its way to the child: pass it on (a group-stop's
-        // SIGSTOP included; the child then stops as it would untraced).
-        let sig = if libc::WIFSTOPPED(status) && status >> 16 == 0 { libc::WSTOPSIG(status) } else { 0 };
-        Self::resume(pid, sig);
-        ChildState::Running
-    }
-
-    fn resume(pid: u32, sig: i32) {
-        // SAFETY: ptrace on our own stopped child.
-        unsafe {
-            libc::ptrace(
-                libc::PTRACE_CONT,
-                pid as libc::pid_t,
-                std::ptr::null_mut::<libc::c_void>(),
-                sig as usize as *mut libc::c_void,
-            );
-        }
-    }
-}
-
 pub fn now_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -103,6 +41,8 @@ pub fn now_ns() -> u64 {
 }
 
 pub async fn run(cfg: TraceConfig) -> Result<()> {
+    // Before our own handlers replace them: the ignores a launched command inherits.
+    let inherited = launch::InheritedSignals::capture();
     // First, so that a signal sent once we announce the attach ends the trace with a report
     // instead of killing it.
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -128,9 +68,9 @@ pub async fn run(cfg: TraceConfig) -> Result<()> {
             }
         }
         Target::Launch(cmd) => {
-            let (h, libs, comm) = launch(cmd)?;
-            plan.push((h.pid, comm, libs));
-            held = Some(h);
+            let l = launch::launch(cmd, inherited)?;
+            plan.push((l.held.pid, l.comm, l.libs));
+            held = Some(l.held);
         }
     }
 
@@ -151,9 +91,8 @@ pub async fn run(cfg: TraceConfig) -> Result<()> {
     // SAFETY: the ring buffer owns its descriptor and lives inside the AsyncFd until both drop.
     let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| Error::Io(e.into()))?;
     let mut child = None;
-    if let Some(Held { pid, release }) = held {
-        drop(release); // EOF on the pipe lets the child exec.
-        child = Some(pid);
+    if let Some(h) = held {
+        child = Some(h.release()?);
     }
 
     let mut state = Loop {
@@ -312,90 +251,4 @@ impl Loop<'_> {
         let format = self.cfg.format;
         Ok(out.emit(|buf| report::render(format, r, buf))? == Delivery::Written)
     }
-}
-
-/// Starts `cmd` stopped before exec (blocked reading a pipe), so that the probes are armed before
-/// its first allocation. The allocator libraries are the ones the command will map: the
-/// executable itself when it defines malloc, and the C library this system's loader provides
-/// (the one leaktrace maps too).
-///
-/// A raw fork rather than `Command`: `Command::spawn` waits for the exec to happen, which here
-/// waits for us. The child only calls `read`, `execv` and `_exit` on data prepared before the
-/// fork, so it allocates nothing that the probes could mistake for the command's.
-fn launch(cmd: &[String]) -> Result<(Held, Vec<AllocatorLib>, String)> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-
-    let program = &cmd[0];
-    let spawn_err = |source| Error::Spawn {
-        command: program.clone(),
-        source,
-    };
-    let resolved = which::which(program).map_err(|e| {
-        spawn_err(std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            format!("{e} (give a path or a command on PATH)"),
-        ))
-    })?;
-    let mut libs: Vec<AllocatorLib> = Vec::new();
-    if let Some(lib) = allocator::inspect_elf(&resolved, &resolved)? {
-        libs.push(lib);
-    }
-    for lib in allocator::find_allocators(std::process::id())? {
-        if !libs.iter().any(|l| l.path == lib.path) {
-            libs.push(lib);
-        }
-    }
-    let comm: String = resolved
-        .file_name()
-        .map(|n| n.to_string_lossy().chars().take(15).collect())
-        .unwrap_or_default();
-    let nul = |_| spawn_err(std::io::Error::other("argument contains a NUL byte"));
-    let c_prog = CString::new(resolved.as_os_str().as_bytes()).map_err(nul)?;
-    let c_args = cmd
-        .iter()
-        .map(|a| CString::new(a.as_bytes()).map_err(nul))
-        .collect::<Result<Vec<_>>>()?;
-    let mut argv: Vec<*const libc::c_char> = c_args.iter().map(|a| a.as_ptr()).collect();
-    argv.push(std::ptr::null());
-
-    let mut fds = [0i32; 2];
-    // SAFETY: fds is a valid 2-int array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(spawn_err(std::io::Error::last_os_error()));
-    }
-    let (rd, wr) = (fds[0], fds[1]);
-    // SAFETY: the child runs only async-signal-safe calls on memory prepared above.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(spawn_err(std::io::Error::last_os_error()));
-    }
-    if pid == 0 {
-        unsafe {
-            libc::close(wr);
-            let mut b = 0u8;
-            // Returns on EOF, when leaktrace closes its end after attaching (or dies).
-            while libc::read(rd, (&mut b as *mut u8).cast(), 1) < 0 {}
-            libc::execv(c_prog.as_ptr(), argv.as_ptr());
-            libc::_exit(127);
-        }
-    }
-    // SAFETY: rd is our copy of the read end; wr is an open descriptor we own from here on.
-    unsafe { libc::close(rd) };
-    let release = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(wr) };
-    let held = Held {
-        pid: pid as u32,
-        release,
-    };
-    if !Held::seize(held.pid) {
-        eprintln!(
-            "leaktrace: warning: cannot ptrace the command ({}): if it exits within milliseconds, \
-             its stacks may stay unsymbolized",
-            std::io::Error::last_os_error()
-        );
-    }
-    if libs.is_empty() {
-        return Err(Error::NoAllocator { pid: held.pid, comm });
-    }
-    Ok((held, libs, comm))
 }
