@@ -673,7 +673,8 @@ pub fn process_exit(ctx: TracePointContext) -> u32 {
 /// oom_score_adj on 6.18).
 #[tracepoint]
 pub fn oom_mark_victim(ctx: TracePointContext) -> u32 {
-    emit_raw::<OOM_RAW>(&ctx, EventKind::OomVictim)
+    // An OOM kill is rare and urgent: wake userspace now, the victim's /proc entry is going.
+    emit_raw::<OOM_RAW>(&ctx, EventKind::OomVictim, BPF_RB_FORCE_WAKEUP as u64)
 }
 
 /// task/task_rename, system-wide (attached only when watching for names): the raw record (the
@@ -681,14 +682,15 @@ pub fn oom_mark_victim(ctx: TracePointContext) -> u32 {
 /// prctl(PR_SET_NAME) is tracked too. Userspace maps the thread to its process.
 #[tracepoint]
 pub fn task_rename(ctx: TracePointContext) -> u32 {
-    emit_raw::<RENAME_RAW>(&ctx, EventKind::Rename)
+    // No wakeup: any process may rename itself in a loop, and must not make the watcher spin;
+    // the watcher drains every 10 ms anyway.
+    emit_raw::<RENAME_RAW>(&ctx, EventKind::Rename, BPF_RB_NO_WAKEUP as u64)
 }
 
 /// Copies N bytes of a tracepoint record into a ring record of `kind` (its `size` says how many
-/// are valid: 0 when the copy failed) and wakes userspace: these events are rare and urgent (an
-/// OOM victim's /proc entry is going; a renamed process should be tracked before it allocates).
+/// are valid: 0 when the copy failed), submitted with `flags`.
 #[inline(always)]
-fn emit_raw<const N: usize>(ctx: &TracePointContext, kind: EventKind) -> u32 {
+fn emit_raw<const N: usize>(ctx: &TracePointContext, kind: EventKind, flags: u64) -> u32 {
     let Some(mut entry) = EVENTS.reserve::<RawRecord<N>>(0) else {
         bump(counter::LOST);
         return 0;
@@ -704,7 +706,7 @@ fn emit_raw<const N: usize>(ctx: &TracePointContext, kind: EventKind) -> u32 {
         }
         (*rec).event = ev;
     }
-    entry.submit(BPF_RB_FORCE_WAKEUP as u64);
+    entry.submit(flags);
     0
 }
 

@@ -14,8 +14,9 @@ use crate::tpformat::Layout;
 //   field:char newcomm[16];  offset:28;  size:16;  signed:0;
 //   field:short oom_score_adj;  offset:44;  size:2;  signed:1;
 // `pid` is the renamed THREAD's id. prctl(PR_SET_NAME) and exec rename the calling task, so the
-// record's `pid` is then the current thread; a write to /proc/PID/task/TID/comm renames another
-// task from the writer's context.
+// record's `pid` is then the current thread; a write to /proc/self/task/TID/comm renames another
+// thread (of the same process: the kernel refuses other processes) from the writer's context,
+// and /proc/TID/status says whose it is.
 /// A decoded rename: thread `tid` of process `pid` is now called `comm`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rename {
@@ -93,7 +94,8 @@ format:
     fn another_task_renamed_is_found_through_proc() {
         let l = Layout::parse(FORMAT);
         let me = std::process::id();
-        // Renamed from another context (e.g. a write to /proc/ME/comm): /proc/ME/status says.
+        // Renamed from another thread's context (a write to /proc/self/task/TID/comm):
+        // /proc/TID/status says.
         let r = Rename::decode(&l, &record(me, "x"), 1, 1).unwrap();
         assert_eq!((r.pid, r.tid), (Some(me), me));
         // A thread that is gone cannot be placed, but its new name is still known.
