@@ -408,6 +408,7 @@ fn oom_text_report_shows_hostile_names_escaped() {
         memcg: None,
         proc: ProcSnapshot::default(),
         tracked: false,
+        untracked_reason: Some(format!("start leaktrace oom with --track-comm {COMM} to record them")),
         rss_history: vec![],
         rss_trend: None,
         top_consumers: vec![Consumer {
@@ -418,6 +419,7 @@ fn oom_text_report_shows_hostile_names_escaped() {
         stacks: vec![],
         lost_events: 0,
         stack_errors: 0,
+        dropped_reports: 0,
     };
     let mut out = Vec::new();
     render_text(&r, &mut out).unwrap();

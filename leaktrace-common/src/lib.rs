@@ -33,6 +33,11 @@ pub enum EventKind {
     OomVictim = 8,
     /// `pid` exec'd; the record carries its new comm ([`COMM_LEN`] bytes).
     Exec = 9,
+    /// A task was renamed (`task/task_rename`: prctl(PR_SET_NAME), a write to
+    /// /proc/PID/task/TID/comm, exec). The record carries the tracepoint's raw bytes
+    /// ([`RENAME_RAW`]), decoded in userspace with the offsets of its format file; `pid`/`tid`
+    /// are the renaming task's (current), the record's own `pid` field is the renamed thread.
+    Rename = 10,
 }
 
 impl EventKind {
@@ -47,6 +52,7 @@ impl EventKind {
             7 => Self::Exit,
             8 => Self::OomVictim,
             9 => Self::Exec,
+            10 => Self::Rename,
             _ => return None,
         })
     }
@@ -101,6 +107,9 @@ const _: () = assert!(core::mem::align_of::<Event>() == 8);
 /// fixed fields end at 66 bytes on 6.18; the comm string follows).
 pub const OOM_RAW: usize = 256;
 pub const COMM_LEN: usize = 16;
+/// Raw bytes of a `task/task_rename` record copied into an [`EventKind::Rename`] record (its
+/// fields end at 46 bytes on 6.18).
+pub const RENAME_RAW: usize = 64;
 
 /// An event followed by raw bytes (a tracepoint record, a comm).
 #[repr(C)]
@@ -111,6 +120,7 @@ pub struct RawRecord<const N: usize> {
 }
 const _: () = assert!(core::mem::size_of::<RawRecord<OOM_RAW>>() == EVENT_SIZE + OOM_RAW);
 const _: () = assert!(core::mem::size_of::<RawRecord<COMM_LEN>>() == EVENT_SIZE + COMM_LEN);
+const _: () = assert!(core::mem::size_of::<RawRecord<RENAME_RAW>>() == EVENT_SIZE + RENAME_RAW);
 
 /// Which allocator entry point a pending call belongs to; decides how the return probe reads
 /// the result.

@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use leaktrace_common::{
     BlockKey, COMM_LEN, Event, EventKind, INFLIGHT_SLOTS, MAP_ANONYMOUS, MAX_FRAMES, OOM_RAW, Pending, RawRecord,
-    Record, SAMPLE_DRAWS, SMALL_FRAMES, SyscallArgs, call, counter, nr,
+    Record, RENAME_RAW, SAMPLE_DRAWS, SMALL_FRAMES, SyscallArgs, call, counter, nr,
 };
 
 /// Default sizes; userspace overrides every one of them at load time from its options.
@@ -670,23 +670,40 @@ pub fn process_exit(ctx: TracePointContext) -> u32 {
 /// oom_score_adj on 6.18).
 #[tracepoint]
 pub fn oom_mark_victim(ctx: TracePointContext) -> u32 {
-    let Some(mut entry) = EVENTS.reserve::<RawRecord<OOM_RAW>>(0) else {
+    // An OOM kill is rare and urgent: wake userspace now, the victim's /proc entry is going.
+    emit_raw::<OOM_RAW>(&ctx, EventKind::OomVictim, BPF_RB_FORCE_WAKEUP as u64)
+}
+
+/// task/task_rename, system-wide (attached only when watching for names): the raw record (the
+/// renamed thread, its old and new comm), so that a process that takes a tracked name with
+/// prctl(PR_SET_NAME) is tracked too. Userspace maps the thread to its process.
+#[tracepoint]
+pub fn task_rename(ctx: TracePointContext) -> u32 {
+    // No wakeup: any process may rename itself in a loop, and must not make the watcher spin;
+    // the watcher drains every 10 ms anyway.
+    emit_raw::<RENAME_RAW>(&ctx, EventKind::Rename, BPF_RB_NO_WAKEUP as u64)
+}
+
+/// Copies N bytes of a tracepoint record into a ring record of `kind` (its `size` says how many
+/// are valid: 0 when the copy failed), submitted with `flags`.
+#[inline(always)]
+fn emit_raw<const N: usize>(ctx: &TracePointContext, kind: EventKind, flags: u64) -> u32 {
+    let Some(mut entry) = EVENTS.reserve::<RawRecord<N>>(0) else {
         bump(counter::LOST);
         return 0;
     };
     let rec = entry.as_mut_ptr();
-    let mut ev = event(EventKind::OomVictim, bpf_get_current_pid_tgid());
-    ev.size = OOM_RAW as u64;
+    let mut ev = event(kind, bpf_get_current_pid_tgid());
+    ev.size = N as u64;
     unsafe {
         let data = &mut (*rec).data;
         if bpf_probe_read_kernel_buf(ctx.as_ptr() as *const u8, data).is_err() {
-            *data = [0; OOM_RAW];
+            *data = [0; N];
             ev.size = 0;
         }
         (*rec).event = ev;
     }
-    // An OOM kill is rare and urgent: wake userspace now, the victim's /proc entry is going.
-    entry.submit(BPF_RB_FORCE_WAKEUP as u64);
+    entry.submit(flags);
     0
 }
 

@@ -523,7 +523,7 @@ impl Aggregator {
                 }
             }
             // Exit is handled above; the OOM watcher consumes the others.
-            EventKind::Exit | EventKind::OomVictim | EventKind::Exec => {}
+            EventKind::Exit | EventKind::OomVictim | EventKind::Exec | EventKind::Rename => {}
         }
     }
 

@@ -6,7 +6,7 @@ use leaktrace_common::{EVENT_SIZE, Event, EventKind, MAX_FRAMES};
 use crate::error::{Error, Result};
 
 /// One decoded record: its header, how many frames were written to the caller's buffer, and the
-/// raw bytes that kinds such as `OomVictim` and `Exec` carry instead of frames.
+/// raw bytes that kinds such as `OomVictim`, `Exec` and `Rename` carry instead of frames.
 #[derive(Debug)]
 pub struct Decoded<'a> {
     pub event: Event,
@@ -29,7 +29,7 @@ pub fn decode<'a>(bytes: &'a [u8], frames: &mut [u64; MAX_FRAMES]) -> Result<Dec
         return Err(Error::Decode(format!("unknown event kind {}", ev.kind)));
     };
     let body = &bytes[EVENT_SIZE..];
-    if matches!(kind, EventKind::OomVictim | EventKind::Exec) {
+    if matches!(kind, EventKind::OomVictim | EventKind::Exec | EventKind::Rename) {
         let len = usize::try_from(ev.size).unwrap_or(usize::MAX);
         if body.len() < len {
             return Err(Error::Decode(format!(

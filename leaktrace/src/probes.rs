@@ -195,6 +195,11 @@ impl Probes {
         self.attach_watch("process_exec")
     }
 
+    /// Attaches the system-wide rename tracepoint (to track processes that take a name later).
+    pub fn attach_rename(&mut self) -> Result<()> {
+        self.attach_watch("task_rename")
+    }
+
     fn attach_watch(&mut self, prog: &str) -> Result<()> {
         let Some((_, category, event)) = WATCH_TRACEPOINTS.iter().find(|t| t.0 == prog) else {
             return Err(Error::Bpf(format!("unknown tracepoint program {prog}")));
@@ -363,6 +368,7 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
 const WATCH_TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("oom_mark_victim", "oom", "mark_victim"),
     ("process_exec", "sched", "sched_process_exec"),
+    ("task_rename", "task", "task_rename"),
 ];
 
 fn entry_program(f: AllocFn) -> &'static str {

@@ -22,6 +22,9 @@ pub enum Watch {
     /// The raw `oom/mark_victim` record.
     OomVictim(Vec<u8>),
     Exec { pid: u32, comm: String },
+    /// The raw `task/task_rename` record, and the renaming (current) task: `pid` its process,
+    /// `tid` its thread.
+    Rename { raw: Vec<u8>, pid: u32, tid: u32 },
 }
 
 pub struct Session {
@@ -87,6 +90,13 @@ impl Session {
             let ev = d.event;
             match EventKind::from_u32(ev.kind) {
                 Some(EventKind::OomVictim) => return Some(Watch::OomVictim(d.raw.to_vec())),
+                Some(EventKind::Rename) => {
+                    return Some(Watch::Rename {
+                        raw: d.raw.to_vec(),
+                        pid: ev.pid,
+                        tid: ev.tid,
+                    });
+                }
                 Some(EventKind::Exec) => {
                     let raw = &d.raw[..d.raw.len().min(COMM_LEN)];
                     let end = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());

@@ -414,6 +414,13 @@ impl Dir {
         unsafe { libc::unlinkat(self.fd.as_raw_fd(), tmp.as_ptr(), 0) };
     }
 
+    /// Removes `name` here (never following a link to elsewhere).
+    pub fn remove(&self, name: &OsStr) -> io::Result<()> {
+        let c = cstr(name)?;
+        // SAFETY: our descriptor, a valid C string.
+        cvt(unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), 0) }).map(drop)
+    }
+
     /// Checks that a file can be created here (then removes it).
     pub fn probe(&self, name: &OsStr) -> io::Result<()> {
         let (_f, tmp) = self.create_tmp(name)?;

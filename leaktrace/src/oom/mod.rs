@@ -1,13 +1,17 @@
 //! `leaktrace oom`: a long-running watcher that writes a forensic report for every OOM kill
 //! (`oom/mark_victim`), and for tracked processes also a flight recorder of their outstanding
-//! allocation stacks and RSS history, plus threshold snapshots before a kill. Tracing itself is
-//! the `Session`'s; /proc and cgroup reading is `procinfo`'s; the report model is `report`'s.
+//! allocation stacks and RSS history, plus threshold snapshots before a kill. A report that
+//! cannot be written (a full disk) is held in memory and retried; the watcher goes on. Tracing
+//! itself is the `Session`'s; /proc and cgroup reading is `procinfo`'s; the report model is
+//! `report`'s; the queue of unwritten reports is `held`'s; decoding renames is `rename`'s.
+mod held;
+mod rename;
 pub mod report;
 
 use std::{
     collections::HashMap,
     os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt},
-    path::Path,
+    path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -33,6 +37,7 @@ use crate::{
     trend::{self, History, Sample},
     units,
 };
+use held::{Change, Held, MAX_HELD};
 use report::{OomReport, Victim};
 
 /// RSS samples kept per tracked process: ten minutes at one a second.
@@ -41,6 +46,9 @@ const HISTORY: usize = 600;
 const TOP_STACKS: usize = 20;
 /// How long a process that just exec'd may take to map its allocator before we give up on it.
 const ATTACH_GRACE: Duration = Duration::from_secs(2);
+/// Processes whose name matched but that could not be tracked, kept with the reason (for the
+/// report if one is killed) while they live; at most this many.
+const MAX_UNTRACKED: usize = 4096;
 
 struct Tracked {
     comm: String,
@@ -59,6 +67,12 @@ struct Watcher<'a> {
     tracked: HashMap<u32, Tracked>,
     /// Processes that exec'd with a tracked name but have not mapped an allocator yet.
     pending: HashMap<u32, (String, Instant)>,
+    /// Why a process with a tracked name is not tracked (no allocator, attach failed).
+    untracked: HashMap<u32, String>,
+    /// `task/task_rename`'s layout, when tracking by name on a kernel that has it.
+    rename_layout: Option<Layout>,
+    /// Reports waiting for the directory to take them.
+    held: Held<Unwritten>,
     reports: usize,
     done: bool,
     metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
@@ -92,8 +106,20 @@ pub async fn run(cfg: OomConfig) -> Result<()> {
     )?;
     session.probes.attach_tracepoints()?;
     session.probes.attach_oom()?;
+    let mut rename_layout = None;
     if !cfg.track_comms.is_empty() {
         session.probes.attach_exec()?;
+        // A process may take a tracked name after it started: prctl(PR_SET_NAME).
+        match Layout::load("task", "task_rename") {
+            Ok(l) => {
+                session.probes.attach_rename()?;
+                rename_layout = Some(l);
+            }
+            Err(e) => eprintln!(
+                "leaktrace: the tracepoint task/task_rename is missing ({e}): a process that \
+                 renames itself to a --track-comm name will not be tracked"
+            ),
+        }
     }
     let mut w = Watcher {
         cfg: &cfg,
@@ -101,6 +127,9 @@ pub async fn run(cfg: OomConfig) -> Result<()> {
         session,
         tracked: HashMap::new(),
         pending: HashMap::new(),
+        untracked: HashMap::new(),
+        rename_layout,
+        held: Held::new(MAX_HELD),
         reports: 0,
         done: false,
         metrics: metrics.as_ref().map(|(m, _)| m.clone()),
@@ -122,7 +151,9 @@ pub async fn run(cfg: OomConfig) -> Result<()> {
     let matched = w.tracked.len();
     for name in &cfg.track_comms {
         if !w.tracked.values().any(|t| comm_matches(name, &t.comm)) {
-            eprintln!("leaktrace: no process named {name} yet; it will be tracked when it starts");
+            eprintln!(
+                "leaktrace: no process named {name} yet; it will be tracked when it starts or takes that name"
+            );
         }
     }
     eprintln!(
@@ -137,7 +168,8 @@ pub async fn run(cfg: OomConfig) -> Result<()> {
     drain_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut sample_tick = interval(Duration::from_secs(1));
     sample_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    while !w.done {
+    // With --once, the watcher ends once its report is out, not while it is held in memory.
+    while !(w.done && w.held.is_empty()) {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
@@ -148,12 +180,30 @@ pub async fn run(cfg: OomConfig) -> Result<()> {
                 w.drain(ring.get_mut())?;
                 w.attach_pending();
             }
-            _ = sample_tick.tick() => w.sample()?,
+            _ = sample_tick.tick() => {
+                w.sample();
+                w.flush_held();
+            }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
     }
+    w.flush_held();
+    if !w.held.is_empty() {
+        // Nothing lost silently: the caller exits 1 with this line.
+        return Err(Error::Io(std::io::Error::other(format!(
+            "cannot write {}: {} OOM report(s) held in memory are lost at exit",
+            cfg.dir.display(),
+            w.held.len()
+        ))));
+    }
     Ok(())
+}
+
+/// A report waiting to be written, with its file name.
+struct Unwritten {
+    name: String,
+    report: OomReport,
 }
 
 /// Creates DIR 0700 if missing; refuses a non-directory or one we cannot write.
@@ -282,6 +332,7 @@ impl Watcher<'_> {
                             escape::text(&comm),
                             escape::text(&e.to_string())
                         );
+                        self.note_untracked(pid, format!("attaching to it failed: {e}"));
                     }
                 }
                 _ if since.elapsed() > ATTACH_GRACE => {
@@ -290,6 +341,7 @@ impl Watcher<'_> {
                         "leaktrace: pid {pid} ({}) maps no recognizable allocator; not tracking it",
                         escape::text(&comm)
                     );
+                    self.note_untracked(pid, "it maps no recognizable allocator".into());
                 }
                 _ => {}
             }
@@ -299,13 +351,15 @@ impl Watcher<'_> {
     fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Result<()> {
         while let Some(watch) = self.session.drain(ring) {
             match watch {
-                Watch::OomVictim(raw) => self.on_oom(&raw)?,
+                Watch::OomVictim(raw) => self.on_oom(&raw),
                 Watch::Exec { pid, comm } => {
                     if self.cfg.track_comms.iter().any(|n| comm_matches(n, &comm)) {
+                        self.untracked.remove(&pid);
                         self.pending.insert(pid, (comm, Instant::now()));
                         self.attach_pending();
                     }
                 }
+                Watch::Rename { raw, pid, tid } => self.on_rename(&raw, pid, tid),
             }
             if self.done {
                 return Ok(());
@@ -327,7 +381,7 @@ impl Watcher<'_> {
     }
 
     /// Once a second: RSS samples and threshold snapshots for tracked processes.
-    fn sample(&mut self) -> Result<()> {
+    fn sample(&mut self) {
         if let Some(m) = &self.metrics {
             m.update(&self.session.metric_samples(now_ns()), self.session.counters().lost);
         }
@@ -335,6 +389,7 @@ impl Watcher<'_> {
             self.tracked.remove(&pid.0);
             self.session.forget(pid.0);
         }
+        self.untracked.retain(|pid, _| Path::new(&format!("/proc/{pid}")).exists());
         let pids: Vec<u32> = self.tracked.keys().copied().collect();
         for pid in pids {
             let Some(rss) = procinfo::rss_bytes(pid) else { continue };
@@ -373,17 +428,47 @@ impl Watcher<'_> {
             if let Some(why) = crossed {
                 let proc = procinfo::snapshot(pid);
                 let victim = victim_from_proc(pid, &proc);
-                self.write_report("threshold", Some(why), victim, Vec::new(), proc)?;
+                self.write_report("threshold", Some(why), victim, Vec::new(), proc);
             }
         }
-        Ok(())
     }
 
-    fn on_oom(&mut self, raw: &[u8]) -> Result<()> {
+    /// A task took a new name: a process that takes a tracked one is tracked from now on.
+    fn on_rename(&mut self, raw: &[u8], cur_pid: u32, cur_tid: u32) {
+        let Some(layout) = &self.rename_layout else { return };
+        let Some(r) = rename::Rename::decode(layout, raw, cur_pid, cur_tid) else {
+            self.session.malformed += 1;
+            return;
+        };
+        if !self.cfg.track_comms.iter().any(|n| comm_matches(n, &r.comm)) {
+            return;
+        }
+        let Some(pid) = r.pid else {
+            eprintln!(
+                "leaktrace: thread {} took the name {} but exited before its process was known; not tracking it",
+                r.tid, r.comm
+            );
+            return;
+        };
+        if pid == std::process::id() || self.tracked.contains_key(&pid) {
+            return;
+        }
+        self.untracked.remove(&pid);
+        self.pending.entry(pid).or_insert((r.comm, Instant::now()));
+        self.attach_pending();
+    }
+
+    fn note_untracked(&mut self, pid: u32, why: String) {
+        if self.untracked.len() < MAX_UNTRACKED {
+            self.untracked.insert(pid, why);
+        }
+    }
+
+    fn on_oom(&mut self, raw: &[u8]) {
         let l = &self.layout;
         let Some(pid) = l.int(raw, "pid").and_then(|p| u32::try_from(p).ok()) else {
             self.session.malformed += 1;
-            return Ok(());
+            return;
         };
         // First, before the victim's /proc entry goes.
         let proc = procinfo::snapshot(pid);
@@ -419,11 +504,10 @@ impl Watcher<'_> {
         if let Some(m) = &self.metrics {
             m.oom_kill(&victim.comm);
         }
-        self.write_report("oom_kill", None, victim, missing, proc)?;
+        self.write_report("oom_kill", None, victim, missing, proc);
         if self.cfg.once {
             self.done = true;
         }
-        Ok(())
     }
 
     fn write_report(
@@ -433,7 +517,7 @@ impl Watcher<'_> {
         mut victim: Victim,
         missing: Vec<String>,
         mut proc: ProcSnapshot,
-    ) -> Result<()> {
+    ) {
         let pid = victim.pid;
         let tracked = self.tracked.get(&pid);
         // What /proc no longer shows, the snapshot taken when tracking began still knows.
@@ -468,6 +552,17 @@ impl Watcher<'_> {
             }
             None => (Vec::new(), None, Vec::new()),
         };
+        let untracked_reason = match tracked {
+            Some(_) => None,
+            None => {
+                let known = self.untracked.get(&pid).cloned().or_else(|| {
+                    self.pending
+                        .contains_key(&pid)
+                        .then(|| "it had not mapped its allocator yet".to_string())
+                });
+                Some(untracked_reason(&victim.comm, &self.cfg.track_comms, known.as_deref()))
+            }
+        };
         let counters = self.session.counters();
         let (time, file_time) = units::utc_timestamp(SystemTime::now());
         let r = OomReport {
@@ -481,26 +576,71 @@ impl Watcher<'_> {
             memcg,
             proc,
             tracked: tracked.is_some(),
+            untracked_reason,
             rss_history,
             rss_trend,
             top_consumers: procinfo::top_consumers(10),
             stacks,
             lost_events: counters.lost,
             stack_errors: counters.stack_errors,
+            dropped_reports: 0,
         };
         let name = format!("{file_time}-{pid}-{}", report::safe_name(&r.victim.comm));
-        let path = report::write(&self.cfg.dir, &name, &r, self.cfg.format).map_err(|source| {
-            Error::Output {
-                path: self.cfg.dir.join(&name),
-                source,
+        if let Err(u) = self.held.push(Unwritten { name, report: r }) {
+            let v = &u.report.victim;
+            eprintln!(
+                "leaktrace: dropped the report of the {} of pid {} ({}): {} reports are already \
+                 held in memory while {} cannot be written ({} dropped so far)",
+                u.report.reason,
+                v.pid,
+                escape::text(&v.comm),
+                self.held.len(),
+                self.cfg.dir.display(),
+                self.held.dropped()
+            );
+            return;
+        }
+        self.flush_held();
+        if self.held.failing() {
+            // The newest held report is this one: say at once that the kill happened.
+            if let Some(u) = self.held.last() {
+                self.print_line(&u.report, None);
             }
-        })?;
-        self.reports += 1;
-        self.print_line(&r, &path);
-        Ok(())
+        }
     }
 
-    fn print_line(&self, r: &OomReport, path: &Path) {
+    /// Writes the held reports, in order, until one fails; logs an outage once, and its end.
+    fn flush_held(&mut self) {
+        let dir = self.cfg.dir.clone();
+        let format = self.cfg.format;
+        let mut written = Vec::new();
+        let change = self.held.flush(
+            |u, dropped| {
+                u.report.dropped_reports = dropped;
+                report::write(&dir, &u.name, &u.report, format)
+            },
+            |u, path| written.push((u, path)),
+        );
+        match change {
+            Some(Change::Failing(e)) => eprintln!(
+                "leaktrace: cannot write OOM reports to {}: {e}; keeping them in memory (up to \
+                 {MAX_HELD}) and retrying every second",
+                dir.display()
+            ),
+            Some(Change::Recovered { written }) => eprintln!(
+                "leaktrace: {} can be written again: wrote {written} held report(s)",
+                dir.display()
+            ),
+            None => {}
+        }
+        for (u, path) in written {
+            self.reports += 1;
+            self.print_line(&u.report, Some(&path));
+        }
+    }
+
+    /// The line on stdout for a report: where it was written, or that it is held in memory.
+    fn print_line(&self, r: &OomReport, path: Option<&PathBuf>) {
         use crate::sink::{Delivery, Mode, Sink};
         use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
         // The files are the watcher's output; this line is a notice. A reader that went away
@@ -510,11 +650,15 @@ impl Watcher<'_> {
             return;
         }
         let v = &r.victim;
+        let dest = match path {
+            Some(p) => escape::text(&p.to_string_lossy()).into_owned(),
+            None => format!("held in memory ({} held): {} cannot be written yet", self.held.len(), self.cfg.dir.display()),
+        };
         let line = match self.cfg.format {
             Format::Json => serde_json::json!({
                 "reason": r.reason, "time": r.time, "pid": v.pid, "comm": v.comm,
                 "anon_rss_kb": v.anon_rss_kb, "cgroup": v.cgroup, "oom_scope": r.oom_scope,
-                "report": path,
+                "report": path, "held": path.is_none(),
             })
             .to_string(),
             _ => format!(
@@ -527,7 +671,7 @@ impl Watcher<'_> {
                     .unwrap_or_else(|| "?".into()),
                 escape::text(v.cgroup.as_deref().unwrap_or("?")),
                 r.oom_scope,
-                escape::text(&path.to_string_lossy())
+                dest
             ),
         };
         match Sink::stdout(Mode::Append).write(format!("{line}\n").as_bytes()) {
@@ -541,6 +685,26 @@ impl Watcher<'_> {
             }
             Err(e) => eprintln!("leaktrace: warning: {e}"),
         }
+    }
+}
+
+/// Why a victim's stacks are missing and what to do: the advice to add `--track-comm` only when
+/// it was not given for that name.
+fn untracked_reason(comm: &str, track_comms: &[String], known: Option<&str>) -> String {
+    if let Some(name) = track_comms.iter().find(|n| comm_matches(n, comm)) {
+        let why = known.unwrap_or(
+            "leaktrace had not attached to it when it was killed (it took that name, or mapped \
+             its allocator, only moments before)",
+        );
+        return format!("--track-comm {name} matched it, but {why}");
+    }
+    if track_comms.is_empty() {
+        format!("start leaktrace oom with --track-comm {comm} to record them")
+    } else {
+        format!(
+            "its name is not among the --track-comm names ({}); add --track-comm {comm} to record them",
+            track_comms.join(", ")
+        )
     }
 }
 
@@ -571,5 +735,28 @@ fn victim_from_proc(pid: u32, proc: &ProcSnapshot) -> Victim {
         file_rss_kb: kb("RssFile"),
         shmem_rss_kb: kb("RssShmem"),
         pgtables_kb: kb("VmPTE"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advice_never_repeats_the_option_given() {
+        let given = vec!["myservice".to_string()];
+        let a = untracked_reason("myservice", &given, None);
+        assert!(!a.contains("add --track-comm") && !a.contains("start leaktrace"), "{a}");
+        assert!(a.contains("matched it, but"), "{a}");
+        let a = untracked_reason("myservice", &given, Some("it maps no recognizable allocator"));
+        assert!(a.ends_with("but it maps no recognizable allocator"), "{a}");
+        // A long name matches the kernel's 15-byte truncation, and is not advised again either.
+        let long = vec!["a-very-long-service-name".to_string()];
+        assert!(untracked_reason("a-very-long-ser", &long, None).contains("matched it"));
+        // Other names: advise what is missing.
+        let a = untracked_reason("other", &given, None);
+        assert!(a.contains("not among the --track-comm names (myservice); add --track-comm other"), "{a}");
+        let a = untracked_reason("other", &[], None);
+        assert_eq!(a, "start leaktrace oom with --track-comm other to record them");
     }
 }

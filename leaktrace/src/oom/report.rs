@@ -1,6 +1,7 @@
-//! The OOM forensic report: its model (the JSON schema), its text rendering, and writing both
-//! files atomically through the sink (unpredictable temporary, fsync, rename; mode 0600), so that
-//! a storm of kills leaves one whole report each and never a half-written one.
+//! The OOM forensic report: its model (the JSON schema), its text rendering, and writing its
+//! files through the sink (each: unpredictable temporary, fsync, rename; mode 0600) as one set,
+//! all or nothing, so that a storm of kills or a full disk leaves one whole report each and never
+//! a partial one.
 use std::{
     ffi::OsStr,
     io::Write,
@@ -53,6 +54,8 @@ pub struct OomReport {
     pub proc: ProcSnapshot,
     /// Whether leaktrace was tracking the process (then `stacks` and `rss_history` are filled).
     pub tracked: bool,
+    /// When not tracked: why, and what to do about it (never the option already given).
+    pub untracked_reason: Option<String>,
     pub rss_history: Vec<Sample>,
     pub rss_trend: Option<Trend>,
     pub top_consumers: Vec<Consumer>,
@@ -60,29 +63,47 @@ pub struct OomReport {
     pub stacks: Vec<StackReport>,
     pub lost_events: u64,
     pub stack_errors: u64,
+    /// Reports of other kills dropped, since the watcher started, because the report directory
+    /// could not be written and too many were already held in memory.
+    pub dropped_reports: u64,
 }
 
 /// Writes `DIR/NAME.json` and `DIR/NAME.txt`, each through a temporary file and a rename; with
-/// `--format pprof|folded|svg` also the victim's stacks as `NAME.pb.gz|.folded|.svg`.
+/// `--format pprof|folded|svg` also the victim's stacks as `NAME.pb.gz|.folded|.svg`. All or
+/// nothing: when one file cannot be written, what this attempt wrote is removed and the error
+/// returned, so that the caller can retry the whole set. The `.json` is renamed into place last:
+/// a reader that sees it sees the whole set.
 pub fn write(dir: &Path, name: &str, r: &OomReport, format: Format) -> std::io::Result<PathBuf> {
     let json = serde_json::to_vec_pretty(r).map_err(std::io::Error::other)?;
     let mut txt = Vec::new();
     render_text(r, &mut txt)?;
-    // Held open for the three files: a directory swapped for a link meanwhile is not followed.
-    let d = crate::sink::Dir::open(dir, false)?;
-    let json_name = format!("{name}.json");
-    d.replace(OsStr::new(&json_name), &json)?;
-    d.replace(OsStr::new(&format!("{name}.txt")), &txt)?;
     let ext = match format {
         Format::Pprof => Some("pb.gz"),
         Format::Folded => Some("folded"),
         Format::Svg => Some("svg"),
         Format::Text | Format::Json => None,
     };
+    let mut files = Vec::new();
     if let Some(ext) = ext {
         let mut buf = Vec::new();
         crate::report::render(format, &r.as_report(), &mut buf)?;
-        d.replace(OsStr::new(&format!("{name}.{ext}")), &buf)?;
+        files.push((format!("{name}.{ext}"), buf));
+    }
+    files.push((format!("{name}.txt"), txt));
+    let json_name = format!("{name}.json");
+    files.push((json_name.clone(), json));
+    // Held open for every file: a directory swapped for a link meanwhile is not followed.
+    let d = crate::sink::Dir::open(dir, false)?;
+    let mut written: Vec<&OsStr> = Vec::new();
+    for (file, data) in &files {
+        // A failed replace leaves no temporary; the files this attempt already wrote go too.
+        if let Err(e) = d.replace(OsStr::new(file), data) {
+            for w in &written {
+                let _ = d.remove(w);
+            }
+            return Err(e);
+        }
+        written.push(OsStr::new(file));
     }
     Ok(dir.join(json_name))
 }
@@ -208,17 +229,21 @@ pub fn render_text(r: &OomReport, out: &mut dyn Write) -> std::io::Result<()> {
             text::stack(out, i + 1, s)?;
         }
     } else {
-        writeln!(
-            out,
-            "  stacks: not tracked (start leaktrace oom with --track-comm {} to record them)",
-            escape::text(&v.comm)
-        )?;
+        let why = r.untracked_reason.as_deref().unwrap_or("leaktrace was not tracking it");
+        writeln!(out, "  stacks: not tracked: {}", escape::text(why))?;
     }
     if !r.missing_fields.is_empty() {
         writeln!(out, "  not reported by this kernel: {}", r.missing_fields.join(", "))?;
     }
     if !r.proc.unavailable.is_empty() {
         writeln!(out, "  could not read: {}", escape::text(&r.proc.unavailable.join("; ")))?;
+    }
+    if r.dropped_reports > 0 {
+        writeln!(
+            out,
+            "  reports of other kills dropped (directory not writable, too many held): {}",
+            r.dropped_reports
+        )?;
     }
     writeln!(out, "  lost events: {}  stack errors: {}", r.lost_events, r.stack_errors)
 }
@@ -234,12 +259,8 @@ mod tests {
         assert_eq!(safe_name("kworker-1.x"), "kworker-1.x");
     }
 
-    #[test]
-    fn writes_both_files_atomically_with_mode_0600() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("leaktrace-oom-report-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let r = OomReport {
+    fn sample() -> OomReport {
+        OomReport {
             reason: "oom_kill",
             threshold: None,
             time: "2026-11-23T00:00:00.000Z".into(),
@@ -254,13 +275,23 @@ mod tests {
             memcg: None,
             proc: ProcSnapshot::default(),
             tracked: false,
+            untracked_reason: Some("start leaktrace oom with --track-comm x to record them".into()),
             rss_history: vec![],
             rss_trend: None,
             top_consumers: vec![],
             stacks: vec![],
             lost_events: 0,
             stack_errors: 0,
-        };
+            dropped_reports: 0,
+        }
+    }
+
+    #[test]
+    fn writes_both_files_atomically_with_mode_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("leaktrace-oom-report-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let r = sample();
         let p = write(&dir, "n", &r, Format::Folded).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
         assert_eq!(v["victim"]["pid"], 7);
@@ -274,6 +305,31 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
             .collect();
         assert!(leftovers.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_part_of_the_set() {
+        let dir = std::env::temp_dir().join(format!("leaktrace-oom-partial-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // The .json cannot be renamed into place (a non-empty directory holds its name), after
+        // the .folded and the .txt were written.
+        std::fs::create_dir_all(dir.join("n.json/x")).unwrap();
+        let mut r = sample();
+        r.dropped_reports = 3;
+        assert!(write(&dir, "n", &r, Format::Folded).is_err());
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+            .collect();
+        left.sort();
+        assert_eq!(left, vec!["n.json".to_string()], "only what was there before");
+        std::fs::remove_dir_all(dir.join("n.json")).unwrap();
+        write(&dir, "n", &r, Format::Text).unwrap();
+        let txt = std::fs::read_to_string(dir.join("n.txt")).unwrap();
+        assert!(txt.contains("not tracked: start leaktrace oom with --track-comm x"), "{txt}");
+        assert!(txt.contains("dropped (directory not writable, too many held): 3"), "{txt}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
