@@ -51,9 +51,13 @@ pub struct AuditArgs {
     /// Every process on the machine (the default when no -p, --comm or --cgroup is given).
     #[arg(long)]
     pub all: bool,
-    /// Audit this process (repeatable).
+    /// Audit this process (repeatable; a thread id stands for its process).
     #[arg(short = 'p', long = "pid", value_name = "PID")]
     pub pids: Vec<String>,
+    /// At most N processes get probes: more -p is refused; more --comm/--cgroup matches are
+    /// counted in the report, not audited (--all probes per library and is not capped).
+    #[arg(long, default_value_t = crate::target::DEFAULT_MAX_TARGETS, value_name = "N")]
+    pub max_targets: usize,
     /// Audit processes with this name, including ones started during the audit (repeatable).
     #[arg(long = "comm", value_name = "NAME")]
     pub comms: Vec<String>,
@@ -113,6 +117,7 @@ pub struct AuditConfig {
     pub output: Option<PathBuf>,
     pub tuning: crate::probes::Tuning,
     pub ring_size: u32,
+    pub max_targets: usize,
 }
 
 impl TryFrom<AuditArgs> for AuditConfig {
@@ -121,6 +126,7 @@ impl TryFrom<AuditArgs> for AuditConfig {
     fn try_from(a: AuditArgs) -> Result<Self, Error> {
         check_ring_size(a.ring_size)?;
         check_output(a.format, &a.output)?;
+        check_max_targets(a.max_targets)?;
         let duration =
             parse_duration(&a.duration).map_err(|e| Error::Usage(format!("--duration: {e}")))?;
         if duration.is_zero() {
@@ -171,8 +177,16 @@ impl TryFrom<AuditArgs> for AuditConfig {
                 overflow_only: false,
             },
             ring_size: a.ring_size,
+            max_targets: a.max_targets,
         })
     }
+}
+
+fn check_max_targets(n: usize) -> Result<(), Error> {
+    if n == 0 {
+        return Err(Error::Usage("--max-targets 0: must be at least 1 (default 256)".into()));
+    }
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]
@@ -296,9 +310,13 @@ pub enum GroupBy {
 
 #[derive(Debug, clap::Args)]
 pub struct TraceArgs {
-    /// Process to trace (repeatable). Mutually exclusive with a command after `--`.
+    /// Process to trace (repeatable; a thread id stands for its process). Mutually exclusive
+    /// with a command after `--`.
     #[arg(short = 'p', long = "pid", value_name = "PID")]
     pub pids: Vec<String>,
+    /// At most N processes (each gets its own probes); a longer -p list is refused.
+    #[arg(long, default_value_t = crate::target::DEFAULT_MAX_TARGETS, value_name = "N")]
+    pub max_targets: usize,
     /// Allocations younger than this are not reported as leaks (e.g. 500ms, 5s, 1m).
     #[arg(long, default_value = "5s", value_name = "DURATION")]
     pub min_age: String,
@@ -367,6 +385,7 @@ pub struct TraceConfig {
     pub metrics_addr: Option<std::net::SocketAddr>,
     pub tuning: crate::probes::Tuning,
     pub ring_size: u32,
+    pub max_targets: usize,
 }
 
 fn parse_sample_rate(s: &str) -> Result<u64, Error> {
@@ -426,6 +445,7 @@ impl TryFrom<TraceArgs> for TraceConfig {
         };
         let ring_size = a.ring_size;
         check_ring_size(ring_size)?;
+        check_max_targets(a.max_targets)?;
         check_output(a.format, &a.output)?;
         Ok(TraceConfig {
             target,
@@ -445,6 +465,7 @@ impl TryFrom<TraceArgs> for TraceConfig {
                 overflow_only: a.pending_overflow_only,
             },
             ring_size,
+            max_targets: a.max_targets,
         })
     }
 }

@@ -67,6 +67,13 @@ pub struct Library {
     pub processes: usize,
 }
 
+/// A chosen process the audit could not trace, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedProcess {
+    pub pid: u32,
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditReport {
     pub time: String,
@@ -82,6 +89,10 @@ pub struct AuditReport {
     pub events: u64,
     pub cpu_time_ms: u64,
     pub baseline_file: Option<PathBuf>,
+    /// Chosen processes that could not be traced (gone, no allocator, attach failed...).
+    pub skipped: Vec<SkippedProcess>,
+    /// Processes matching --comm/--cgroup left out because --max-targets was reached.
+    pub over_max_targets: u64,
 }
 
 pub struct ProcInput {
@@ -176,6 +187,8 @@ pub fn build(b: BuildInput<'_>) -> AuditReport {
         events: b.session.agg.events,
         cpu_time_ms: own_cpu_time().as_millis() as u64,
         baseline_file: b.baseline_file,
+        skipped: Vec::new(),
+        over_max_targets: 0,
     }
 }
 
@@ -328,6 +341,12 @@ pub fn render_text(r: &AuditReport, fail_above: Option<f64>, out: &mut dyn Write
         "cost: {} probe hits, {} events, {} lost, {} stack errors, {} ms CPU",
         r.probe_hits, r.events, r.lost_events, r.stack_errors, r.cpu_time_ms
     )?;
+    for s in &r.skipped {
+        writeln!(out, "skipped process {}: {}", s.pid, s.reason)?;
+    }
+    if r.over_max_targets > 0 {
+        writeln!(out, "not audited: {} more matching processes (over --max-targets)", r.over_max_targets)?;
+    }
     writeln!(out)?;
     writeln!(
         out,
