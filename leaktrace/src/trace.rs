@@ -169,7 +169,11 @@ pub async fn run(cfg: TraceConfig) -> Result<()> {
     report_tick.tick().await;
     let deadline = tokio::time::Instant::now() + cfg.duration.unwrap_or(FOREVER);
 
-    while !interrupted {
+    loop {
+        // Interrupted while attaching: straight to the final report.
+        if interrupted {
+            break;
+        }
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;

@@ -175,7 +175,11 @@ pub async fn run(cfg: AuditConfig) -> Result<i32> {
     let mut rescan_tick = interval(RESCAN);
     rescan_tick.tick().await;
     let deadline = tokio::time::Instant::now() + cfg.duration;
-    while !interrupted {
+    loop {
+        // Interrupted while attaching: straight to the final report.
+        if interrupted {
+            break;
+        }
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
