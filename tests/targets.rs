@@ -442,3 +442,58 @@ fn process_exiting_while_attaching_is_named() {
     }
     panic!("never stopped leaktrace between resolving and attaching in 5 attempts");
 }
+
+/// Item 16 in an audit: a chosen process that exits while the probes are attached is skipped with
+/// that reason, and the others are audited.
+#[test]
+fn audit_skips_a_process_exiting_while_attaching() {
+    require_kernel!();
+    let good = Fixture::start();
+    for attempt in 1..=5 {
+        let mut fx = Fixture::start();
+        let pid = fx.pid;
+        let out = tmp("exiting.json");
+        let mut lt = leaktrace()
+            .args(["audit", "-p", &good.pid.to_string(), "-p", &pid.to_string()])
+            .args(["--duration", "1s", "--min-age", "0s", "--format", "json", "-o"])
+            .arg(&out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let err = Lines::new(lt.stderr.take().unwrap());
+        let deadline = Instant::now() + common::TIMEOUT;
+        while !loading_bpf(lt.id()) {
+            assert!(Instant::now() < deadline, "leaktrace never loaded its programs");
+            // Polling a condition with a deadline.
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(lt.id() as i32, libc::SIGSTOP) };
+        let _ = fx.child.kill();
+        let _ = fx.child.wait();
+        // SAFETY: as above.
+        unsafe { libc::kill(lt.id() as i32, libc::SIGCONT) };
+        let st = wait_with_timeout(&mut lt);
+        let lines = err.rest();
+        assert!(st.success(), "{st}: {lines:#?}");
+        let r: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        let audited: Vec<u64> = r["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["pid"].as_u64().unwrap())
+            .collect();
+        if audited.contains(&u64::from(pid)) {
+            eprintln!("attempt {attempt}: attached before it was stopped; again");
+            continue;
+        }
+        assert_eq!(audited, [u64::from(good.pid)], "{r:#}");
+        let msg = format!("process {pid} exited while attaching");
+        assert_eq!(r["skipped"][0]["pid"], pid, "{r:#}");
+        assert!(r["skipped"][0]["reason"].as_str().unwrap().starts_with(&msg), "{r:#}");
+        assert!(lines.iter().any(|l| l.contains(&msg)), "{lines:#?}");
+        return;
+    }
+    panic!("never stopped leaktrace between choosing and attaching in 5 attempts");
+}

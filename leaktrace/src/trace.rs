@@ -116,7 +116,7 @@ pub async fn run(cfg: TraceConfig) -> Result<()> {
     match &cfg.target {
         Target::Pids(pids) => {
             for p in target::resolve_pids(pids, cfg.max_targets)? {
-                let libs = allocator::find_allocators(p.pid)?;
+                let libs = allocator::find_allocators(p.pid).map_err(|e| attach_error(p.pid, e.into()))?;
                 if libs.is_empty() {
                     return Err(Error::NoAllocator { pid: p.pid, comm: p.comm });
                 }
@@ -257,11 +257,13 @@ pub async fn signalled(sigint: &mut Signal, sigterm: &mut Signal) -> bool {
     }
 }
 
-/// An attach that failed because the target exited meanwhile is said so (aya's own error names
-/// the scope and the library path, which is then gone too).
+/// An attach (or the reading of the maps before it) that failed because the target exited
+/// meanwhile is said so: aya's own error names the scope and a library path that is gone too.
 pub fn attach_error(pid: u32, e: Error) -> Error {
     match e {
-        Error::Attach { .. } | Error::Bpf(_) if target::has_exited(pid) => Error::ExitedWhileAttaching { pid },
+        Error::Attach { .. } | Error::Bpf(_) | Error::Allocator(_) if target::has_exited(pid) => {
+            Error::ExitedWhileAttaching { pid }
+        }
         e => e,
     }
 }

@@ -125,6 +125,10 @@ pub async fn run(cfg: AuditConfig) -> Result<i32> {
             continue;
         }
         match a.add(*pid) {
+            // It was there when the targets were chosen, before the programs were loaded.
+            Err(_) if scope == Scope::Targets && target::has_exited(*pid) => {
+                failed.push((*pid, Error::ExitedWhileAttaching { pid: *pid }));
+            }
             Err(e) if scope == Scope::Targets => failed.push((*pid, e)),
             // --all: kernel threads and processes gone meanwhile are no news.
             _ => {}
