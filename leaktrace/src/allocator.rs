@@ -3,8 +3,8 @@
 //! This module owns two questions: which files mapped into a process define an
 //! allocator (a `malloc` *and* a `free`), and, for each such file, the file offsets of
 //! its allocation functions and of the instruction to attach a uprobe at (chosen by
-//! [`crate::prologue`]). It reads ELF files and `/proc/PID/maps`; it does not attach
-//! probes, symbolize stacks, or decide which processes to trace.
+//! [`crate::prologue`]). It reads ELF files, and the mappings [`crate::maps`] gives; it does
+//! not attach probes, symbolize stacks, or decide which processes to trace.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -13,9 +13,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use object::{Architecture, Object, ObjectSegment, ObjectSymbol, ReadRef, SymbolFlags, SymbolKind};
-use procfs::FromBufRead;
-use procfs::process::{MMPermissions, MMapPath, MemoryMaps};
-
+use crate::maps::{self, MapsError};
 use crate::prologue::{MAX_PROLOGUE_BYTES, choose_probe_offset};
 
 /// An allocation or deallocation function leaktrace probes, by its C name.
@@ -108,9 +106,10 @@ pub struct ProbePoint {
 /// A file that defines an allocator, as mapped by one process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllocatorLib {
-    /// The path as the target process sees it (from `/proc/PID/maps`).
+    /// The path as the target process sees it (from `/proc/PID/maps`; any bytes).
     pub path: PathBuf,
-    /// A path we can open from our own mount namespace (`/proc/PID/root` + `path`).
+    /// The mapped file itself, `/proc/PID/map_files/START-END`: the exact file, in whatever
+    /// mount namespace, whatever its name; valid while the process maps it.
     pub open_path: PathBuf,
     /// One entry per distinct function address, ordered by [`AllocFn::ALL`].
     pub points: Vec<ProbePoint>,
@@ -118,12 +117,8 @@ pub struct AllocatorLib {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AllocatorError {
-    #[error(
-        "cannot read /proc/{pid}/maps: {source} (is process {pid} still running, and may this user trace it?)"
-    )]
-    ReadMaps { pid: u32, source: io::Error },
-    #[error("cannot parse /proc/{pid}/maps: {source}")]
-    ParseMaps { pid: u32, source: procfs::ProcError },
+    #[error(transparent)]
+    Maps(#[from] MapsError),
     #[error("cannot open {}: {source}", path.display())]
     Open { path: PathBuf, source: io::Error },
     #[error("cannot parse {} as an ELF file: {source}", path.display())]
@@ -147,7 +142,7 @@ pub enum AllocatorError {
 impl AllocatorError {
     /// True when the file simply is not an ELF file we can use, as opposed to one we
     /// could not read. `find_allocators` skips such mappings instead of failing.
-    fn is_not_elf(&self) -> bool {
+    pub fn is_not_elf(&self) -> bool {
         matches!(
             self,
             AllocatorError::Parse { .. } | AllocatorError::UnsupportedArchitecture { .. }
@@ -290,32 +285,21 @@ fn file_offset<'data, R: ReadRef<'data>>(
 /// `/proc/PID/maps` (so the program itself, if it defines its own `malloc`, comes
 /// first, as it does for static binaries).
 ///
-/// Mappings of deleted files (e.g. a library upgraded under a running process) and
-/// files that are not x86-64 ELF are skipped; failing to open a mapped file is an
-/// error, because silently missing the process's libc would report nothing.
+/// Each file is opened through the process's `map_files` link, so a path that is not valid
+/// UTF-8, holds a newline or lives in another mount namespace is no obstacle. Mappings of
+/// deleted files (e.g. a library upgraded under a running process) and files that are not
+/// x86-64 ELF are skipped; failing to open a mapped file is an error, because silently
+/// missing the process's libc would report nothing.
 pub fn find_allocators(pid: u32) -> Result<Vec<AllocatorLib>, AllocatorError> {
-    let maps_path = format!("/proc/{pid}/maps");
-    let text =
-        std::fs::read(&maps_path).map_err(|source| AllocatorError::ReadMaps { pid, source })?;
-    let maps = MemoryMaps::from_buf_read(text.as_slice())
-        .map_err(|source| AllocatorError::ParseMaps { pid, source })?;
-
     let mut seen: Vec<PathBuf> = Vec::new();
     let mut found = Vec::new();
-    for map in maps {
-        if !map.perms.contains(MMPermissions::EXECUTE) {
+    for map in maps::read(pid)? {
+        let Some(path) = map.file() else { continue };
+        if !map.exec || map.is_deleted() || seen.iter().any(|s| s == path) {
             continue;
         }
-        let MMapPath::Path(path) = map.pathname else {
-            continue;
-        };
-        let deleted = path.to_string_lossy().ends_with(" (deleted)");
-        if !path.is_absolute() || deleted || seen.contains(&path) {
-            continue;
-        }
-        let open_path = root_path(pid, &path);
-        seen.push(path.clone());
-        match inspect_elf(&path, &open_path) {
+        seen.push(path.to_path_buf());
+        match inspect_elf(path, &map.map_file(pid)) {
             Ok(Some(lib)) => found.push(lib),
             Ok(None) => {}
             Err(e) if e.is_not_elf() => {}
@@ -325,27 +309,18 @@ pub fn find_allocators(pid: u32) -> Result<Vec<AllocatorLib>, AllocatorError> {
     Ok(found)
 }
 
-/// `path` as reachable from our mount namespace, through the target's root.
-fn root_path(pid: u32, path: &Path) -> PathBuf {
-    let relative = path.strip_prefix("/").unwrap_or(path);
-    Path::new("/proc")
-        .join(pid.to_string())
-        .join("root")
-        .join(relative)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// The libc this test binary runs with, as named in our own maps.
     fn own_libc() -> PathBuf {
-        let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-        maps.lines()
-            .filter_map(|line| line.split_whitespace().nth(5))
-            .find(|path| path.ends_with("/libc.so.6"))
-            .map(PathBuf::from)
-            .unwrap_or_else(|| panic!("this test binary maps no libc.so.6:\n{maps}"))
+        let maps = maps::read(std::process::id()).unwrap_or_default();
+        maps.iter()
+            .filter_map(|m| m.file())
+            .find(|path| path.ends_with("libc.so.6"))
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| panic!("this test binary maps no libc.so.6: {maps:#?}"))
     }
 
     fn point(lib: &AllocatorLib, func: AllocFn) -> &ProbePoint {
@@ -368,18 +343,9 @@ mod tests {
         // SAFETY: dlsym with a NUL-terminated name only looks the symbol up.
         let address = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c_name.as_ptr()) } as u64;
         assert_ne!(address, 0, "dlsym({name}) failed");
-        let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-        for line in maps.lines() {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (Some(range), Some(offset)) = (fields.first(), fields.get(2)) else {
-                continue;
-            };
-            let Some((start, end)) = range.split_once('-') else {
-                continue;
-            };
-            let parse = |s: &str| u64::from_str_radix(s, 16).unwrap_or(0);
-            if (parse(start)..parse(end)).contains(&address) {
-                return address - parse(start) + parse(offset);
+        for m in maps::read(std::process::id()).unwrap_or_default() {
+            if (m.start..m.end).contains(&address) {
+                return address - m.start + m.offset;
             }
         }
         panic!("{name} at {address:#x} is in no mapping");
@@ -472,8 +438,11 @@ mod tests {
             .iter()
             .find(|l| l.path == libc)
             .unwrap_or_else(|| panic!("no {} in {libs:#?}", libc.display()));
-        assert_eq!(lib.open_path, root_path(pid, &libc));
-        assert!(lib.open_path.starts_with(format!("/proc/{pid}/root/")));
+        assert!(lib.open_path.starts_with(format!("/proc/{pid}/map_files/")), "{lib:?}");
+        use std::os::unix::fs::MetadataExt;
+        let (a, b) = (std::fs::metadata(&lib.open_path), std::fs::metadata(&libc));
+        let id = |m: std::io::Result<std::fs::Metadata>| m.map(|m| (m.dev(), m.ino())).ok();
+        assert_eq!(id(a), id(b));
     }
 
     #[test]

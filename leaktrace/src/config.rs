@@ -61,9 +61,13 @@ pub struct AuditArgs {
     /// Every process on the machine (the default when no -p, --comm or --cgroup is given).
     #[arg(long)]
     pub all: bool,
-    /// Audit this process (repeatable).
+    /// Audit this process (repeatable; a thread id stands for its process).
     #[arg(short = 'p', long = "pid", allow_hyphen_values = true, value_name = "PID")]
     pub pids: Vec<String>,
+    /// At most N processes get probes: more -p is refused; more --comm/--cgroup matches are
+    /// counted in the report, not audited (--all probes per library and is not capped).
+    #[arg(long, default_value_t = crate::target::DEFAULT_MAX_TARGETS, value_name = "N")]
+    pub max_targets: usize,
     /// Audit processes with this name, including ones started during the audit (repeatable).
     #[arg(long = "comm", value_name = "NAME")]
     pub comms: Vec<String>,
@@ -128,6 +132,7 @@ pub struct AuditConfig {
     pub ring_size: u32,
     /// Largest --baseline file read, in bytes.
     pub max_input_size: u64,
+    pub max_targets: usize,
 }
 
 impl TryFrom<AuditArgs> for AuditConfig {
@@ -137,6 +142,7 @@ impl TryFrom<AuditArgs> for AuditConfig {
         let ring_size = parse_ring_size(&a.ring_size)?;
         let max_input_size = parse_max_input_size(&a.max_input_size)?;
         check_output(a.format, &a.output)?;
+        check_max_targets(a.max_targets)?;
         let duration =
             parse_duration(&a.duration).map_err(|e| Error::Usage(format!("--duration: {e}")))?;
         if duration.is_zero() {
@@ -189,8 +195,16 @@ impl TryFrom<AuditArgs> for AuditConfig {
             },
             ring_size,
             max_input_size,
+            max_targets: a.max_targets,
         })
     }
+}
+
+fn check_max_targets(n: usize) -> Result<(), Error> {
+    if n == 0 {
+        return Err(Error::Usage("--max-targets 0: must be at least 1 (default 256)".into()));
+    }
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]
@@ -344,9 +358,13 @@ pub enum GroupBy {
 
 #[derive(Debug, clap::Args)]
 pub struct TraceArgs {
-    /// Process to trace (repeatable). Mutually exclusive with a command after `--`.
+    /// Process to trace (repeatable; a thread id stands for its process). Mutually exclusive
+    /// with a command after `--`.
     #[arg(short = 'p', long = "pid", allow_hyphen_values = true, value_name = "PID")]
     pub pids: Vec<String>,
+    /// At most N processes (each gets its own probes); a longer -p list is refused.
+    #[arg(long, default_value_t = crate::target::DEFAULT_MAX_TARGETS, value_name = "N")]
+    pub max_targets: usize,
     /// Allocations younger than this are not reported as leaks (e.g. 500ms, 5s, 1m).
     #[arg(long, allow_hyphen_values = true, default_value = "5s", value_name = "DURATION")]
     pub min_age: String,
@@ -419,6 +437,7 @@ pub struct TraceConfig {
     pub metrics_addr: Option<std::net::SocketAddr>,
     pub tuning: crate::probes::Tuning,
     pub ring_size: u32,
+    pub max_targets: usize,
 }
 
 fn parse_metrics_addr(a: Option<&str>) -> Result<Option<std::net::SocketAddr>, Error> {
@@ -473,6 +492,7 @@ impl TryFrom<TraceArgs> for TraceConfig {
             Ok(d)
         };
         let ring_size = parse_ring_size(&a.ring_size)?;
+        check_max_targets(a.max_targets)?;
         check_output(a.format, &a.output)?;
         let min_age =
             parse_duration(&a.min_age).map_err(|e| Error::Usage(format!("--min-age: {e}")))?;
@@ -506,6 +526,7 @@ impl TryFrom<TraceArgs> for TraceConfig {
                 sample_seed: a.sample_seed,
             },
             ring_size,
+            max_targets: a.max_targets,
         })
     }
 }

@@ -28,6 +28,8 @@ pub enum Error {
          is it statically linked without symbols, or does it use its own allocator?"
     )]
     NoAllocator { pid: u32, comm: String },
+    #[error("process {pid} exited while attaching: there is nothing left to trace")]
+    ExitedWhileAttaching { pid: u32 },
     #[error("leaktrace must run as root (it loads eBPF programs): run it with sudo")]
     NotRoot,
     #[error("this kernel lacks {what} ({path} is missing): leaktrace needs a kernel with {what}")]
@@ -55,6 +57,7 @@ impl Error {
             | Error::NoSuchProcess { .. }
             | Error::KernelThread { .. }
             | Error::Zombie { .. }
+            | Error::ExitedWhileAttaching { .. }
             | Error::SelfTrace { .. }
             | Error::NoAllocator { .. }
             | Error::NotRoot

@@ -8,6 +8,7 @@ pub mod error;
 pub mod escape;
 pub mod intake;
 pub mod launch;
+pub mod maps;
 pub mod metrics;
 pub mod oom;
 pub mod procinfo;

@@ -284,7 +284,7 @@ impl Probes {
             )
             .map_err(|e| Error::Attach {
                 program: prog.to_string(),
-                target: format!("{}+{:#x} ({scope:?})", lib.path.display(), point.probe_offset),
+                target: format!("{}+{:#x} ({})", lib.path.display(), point.probe_offset, scope_name(scope)),
                 reason: error_chain(&e),
             })?;
         self.links.entry(owner).or_default().push((prog, link));
@@ -326,6 +326,15 @@ impl Probes {
 
     pub fn ring_fd(&self) -> Option<i32> {
         self.ring.as_ref().map(|r| r.as_raw_fd())
+    }
+}
+
+/// The scope of a uprobe as a user reads it (aya's Debug form is `OneProcess(1234)`).
+fn scope_name(scope: UProbeScope) -> String {
+    match scope {
+        UProbeScope::OneProcess(pid) => format!("process {pid}"),
+        UProbeScope::AllProcesses => "every process".into(),
+        _ => "leaktrace itself".into(),
     }
 }
 

@@ -20,7 +20,7 @@ struct Mapping {
     offset: u64,
     /// The path as the process sees it (for display).
     path: String,
-    /// A path we can open: through /proc/PID/root while the process lives.
+    /// A path we can open while the process lives: its /proc/PID/map_files link.
     open: PathBuf,
 }
 
@@ -206,41 +206,25 @@ fn follows_call(b: &[u8; 7]) -> bool {
     b[2] == 0xe8 || ff2(b[5], b[6]) || ff2(b[4], b[5]) || ff2(b[1], b[2])
 }
 
+/// The executable file mappings of `pid`, each opened through its map_files link (the exact
+/// file, whatever its name).
 fn read_maps(pid: u32) -> Vec<Mapping> {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+    let Ok(maps) = crate::maps::read(pid) else {
         return Vec::new();
     };
-    let mut out = Vec::new();
-    for line in text.lines() {
-        // start-end perms offset dev inode path
-        let mut it = line.split_whitespace();
-        let (Some(range), Some(perms), Some(offset), Some(_dev), Some(_inode)) =
-            (it.next(), it.next(), it.next(), it.next(), it.next())
-        else {
-            continue;
-        };
-        let path: String = it.collect::<Vec<_>>().join(" ");
-        if !perms.contains('x') || !path.starts_with('/') {
-            continue;
-        }
-        let Some((s, e)) = range.split_once('-') else { continue };
-        let (Ok(start), Ok(end), Ok(offset)) = (
-            u64::from_str_radix(s, 16),
-            u64::from_str_radix(e, 16),
-            u64::from_str_radix(offset, 16),
-        ) else {
-            continue;
-        };
-        let path = path.trim_end_matches(" (deleted)").to_string();
-        out.push(Mapping {
-            start,
-            end,
-            offset,
-            open: PathBuf::from(format!("/proc/{pid}/root{path}")),
-            path,
-        });
-    }
-    out
+    maps.into_iter()
+        .filter(|m| m.exec)
+        .filter_map(|m| {
+            let path = m.file()?.to_string_lossy().into_owned();
+            Some(Mapping {
+                start: m.start,
+                end: m.end,
+                offset: m.offset,
+                open: m.map_file(pid),
+                path,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

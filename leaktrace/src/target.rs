@@ -1,5 +1,7 @@
 //! Checking what the user asked to trace before touching the kernel: that each PID is a live,
-//! user-space process other than leaktrace, and that this machine can run the probes at all.
+//! user-space process other than leaktrace (a thread id stands for its process), that the list
+//! holds each process once and no more of them than `--max-targets`, and that this machine can
+//! run the probes at all.
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -7,27 +9,103 @@ use crate::error::{Error, Result};
 /// PF_KTHREAD from include/linux/sched.h.
 const PF_KTHREAD: u32 = 0x0020_0000;
 
+/// Default of `--max-targets`: each target gets its own probes (about 20), attached and later
+/// detached one by one, so a long list costs minutes and leaves breakpoints behind for as long.
+pub const DEFAULT_MAX_TARGETS: usize = 256;
+
 #[derive(Debug, Clone)]
 pub struct Process {
+    /// The process (thread-group) id.
     pub pid: u32,
     pub comm: String,
+    /// The id that was given, when it named one of the process's threads rather than the process.
+    pub thread: Option<u32>,
 }
 
-/// Validates one PID given on the command line.
+/// The parts of `/proc/PID/stat` used here, read as bytes: the name between the parentheses is
+/// whatever the process set (it may hold `)`, newlines or invalid UTF-8).
+struct Stat {
+    comm: String,
+    state: u8,
+    flags: u32,
+}
+
+fn stat(pid: u32) -> Option<Stat> {
+    let raw = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let open = raw.iter().position(|&b| b == b'(')?;
+    let close = raw.iter().rposition(|&b| b == b')')?;
+    let comm = String::from_utf8_lossy(raw.get(open + 1..close)?).into_owned();
+    let rest = std::str::from_utf8(raw.get(close + 1..)?).ok()?;
+    let mut fields = rest.split_ascii_whitespace();
+    // state ppid pgrp session tty_nr tpgid flags
+    let state = *fields.next()?.as_bytes().first()?;
+    let flags = fields.nth(5)?.parse().ok()?;
+    Some(Stat { comm, state, flags })
+}
+
+/// The thread-group id of `tid` from `/proc/TID/status` (a thread's /proc entry exists, unlisted).
+fn tgid(tid: u32) -> Option<u32> {
+    let raw = std::fs::read(format!("/proc/{tid}/status")).ok()?;
+    raw.split(|&b| b == b'\n')
+        .find_map(|l| l.strip_prefix(b"Tgid:"))
+        .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok())
+}
+
+/// Validates one PID given on the command line; a thread id is resolved to its process.
 pub fn check_pid(pid: u32) -> Result<Process> {
+    let given = pid;
+    let pid = tgid(given).ok_or(Error::NoSuchProcess { pid: given })?;
     if pid == std::process::id() {
         return Err(Error::SelfTrace { pid });
     }
-    let proc = procfs::process::Process::new(pid as i32).map_err(|_| Error::NoSuchProcess { pid })?;
-    let stat = proc.stat().map_err(|_| Error::NoSuchProcess { pid })?;
-    let comm = stat.comm.clone();
+    let stat = stat(pid).ok_or(Error::NoSuchProcess { pid })?;
+    let comm = stat.comm;
     if stat.flags & PF_KTHREAD != 0 {
         return Err(Error::KernelThread { pid, comm });
     }
-    if stat.state == 'Z' || stat.state == 'X' {
+    if stat.state == b'Z' || stat.state == b'X' {
         return Err(Error::Zombie { pid, comm });
     }
-    Ok(Process { pid, comm })
+    Ok(Process {
+        pid,
+        comm,
+        thread: (given != pid).then_some(given),
+    })
+}
+
+/// Checks an explicit list of PIDs (`-p`, repeatable): each process once, whether named by its
+/// PID, again, or by one of its threads (said on stderr), and no more than `max` processes.
+pub fn resolve_pids(pids: &[u32], max: usize) -> Result<Vec<Process>> {
+    let mut given = std::collections::HashSet::new();
+    let mut out: Vec<Process> = Vec::new();
+    // In the order given, each id looked at once (200 copies of one PID cost one look).
+    for &pid in pids {
+        if !given.insert(pid) {
+            continue;
+        }
+        let p = check_pid(pid)?;
+        if let Some(tid) = p.thread {
+            eprintln!(
+                "leaktrace: -p {tid} is a thread of process {} ({}): tracing process {}",
+                p.pid, crate::escape::text(&p.comm), p.pid
+            );
+        }
+        if !out.iter().any(|o| o.pid == p.pid) {
+            out.push(p);
+        }
+    }
+    if out.len() > max {
+        return Err(Error::Usage(format!(
+            "-p: {} processes given, more than --max-targets {max}: give fewer, or raise --max-targets",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+/// Whether `pid` is gone or a zombie: what makes attaching to it fail.
+pub fn has_exited(pid: u32) -> bool {
+    stat(pid).is_none_or(|s| s.state == b'Z' || s.state == b'X')
 }
 
 /// The sysfs root, overridable (LEAKTRACE_SYSFS) so that tests can show what happens on a

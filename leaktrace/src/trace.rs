@@ -9,7 +9,7 @@ use std::{
 use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
+    signal::unix::{Signal, SignalKind, signal},
     time::{MissedTickBehavior, interval, sleep_until},
 };
 
@@ -58,13 +58,12 @@ pub async fn run(cfg: TraceConfig) -> Result<()> {
     let mut held = None;
     match &cfg.target {
         Target::Pids(pids) => {
-            for &pid in pids {
-                let p = target::check_pid(pid)?;
-                let libs = allocator::find_allocators(pid)?;
+            for p in target::resolve_pids(pids, cfg.max_targets)? {
+                let libs = allocator::find_allocators(p.pid).map_err(|e| attach_error(p.pid, e.into()))?;
                 if libs.is_empty() {
-                    return Err(Error::NoAllocator { pid, comm: p.comm });
+                    return Err(Error::NoAllocator { pid: p.pid, comm: p.comm });
                 }
-                plan.push((pid, p.comm, libs));
+                plan.push((p.pid, p.comm, libs));
             }
         }
         Target::Launch(cmd) => {
@@ -76,8 +75,15 @@ pub async fn run(cfg: TraceConfig) -> Result<()> {
 
     let mut session = Session::new(cfg.ring_size, cfg.min_age, Scope::Targets, cfg.tuning)?;
     session.probes.attach_tracepoints()?;
+    // Between targets, a pending SIGINT/SIGTERM stops the attaching: with many targets it takes
+    // seconds, and the signal must not wait for it. What is attached is then reported.
+    let mut interrupted = false;
     for (pid, comm, libs) in &plan {
-        let n = session.track(*pid, comm, libs)?;
+        if signalled(&mut sigint, &mut sigterm).await {
+            interrupted = true;
+            break;
+        }
+        let n = session.track(*pid, comm, libs).map_err(|e| attach_error(*pid, e))?;
         let libs: Vec<_> = libs.iter().map(|l| l.path.display().to_string()).collect();
         let libs: Vec<_> = libs.iter().map(|l| crate::escape::text(l)).collect();
         eprintln!(
@@ -111,6 +117,10 @@ pub async fn run(cfg: TraceConfig) -> Result<()> {
     let deadline = tokio::time::Instant::now() + cfg.duration.unwrap_or(FOREVER);
 
     loop {
+        // Interrupted while attaching: straight to the final report.
+        if interrupted {
+            break;
+        }
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
@@ -181,6 +191,28 @@ pub async fn run(cfg: TraceConfig) -> Result<()> {
     let r = state.report(true);
     state.emit(&r, &mut out)?;
     Ok(())
+}
+
+/// Whether SIGINT or SIGTERM is pending, without waiting: yielding lets the runtime take in the
+/// signals that arrived meanwhile (its driver runs before a yielded task is polled again).
+pub async fn signalled(sigint: &mut Signal, sigterm: &mut Signal) -> bool {
+    tokio::select! {
+        biased;
+        _ = sigint.recv() => true,
+        _ = sigterm.recv() => true,
+        _ = tokio::task::yield_now() => false,
+    }
+}
+
+/// An attach (or the reading of the maps before it) that failed because the target exited
+/// meanwhile is said so: aya's own error names the scope and a library path that is gone too.
+pub fn attach_error(pid: u32, e: Error) -> Error {
+    match e {
+        Error::Attach { .. } | Error::Bpf(_) | Error::Allocator(_) if target::has_exited(pid) => {
+            Error::ExitedWhileAttaching { pid }
+        }
+        e => e,
+    }
 }
 
 /// Long enough to never fire: "no interval", "no duration".

@@ -1,14 +1,16 @@
 //! `leaktrace audit`: a bounded sweep that traces processes for a window, samples their RSS every
 //! second, and ranks them by leak rate. Owns discovery (which allocator libraries the targets
-//! map, through /proc/PID/root so that other mount namespaces work), the window loop and the
-//! exit code; the report model and baseline comparison are in `report`.
+//! map, opened through /proc/PID/map_files so that other mount namespaces and any file name
+//! work), which chosen processes are skipped and why (one failing process never ends the audit)
+//! and the `--max-targets` cap, the window loop and the exit code; the report model and
+//! baseline comparison are in `report`.
 pub mod report;
 
 use std::{
     collections::{HashMap, HashSet},
     io::Write,
     os::unix::fs::MetadataExt,
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -68,6 +70,10 @@ struct Audit<'a> {
     pending: HashMap<u32, Instant>,
     /// What exited processes left, kept for the report.
     exited: Vec<crate::aggregate::ExitedProcess>,
+    /// Chosen processes that could not be traced, with the reason.
+    skipped: Vec<report::SkippedProcess>,
+    /// Processes found by --comm/--cgroup that the --max-targets cap left out.
+    over_cap: HashSet<u32>,
 }
 
 /// Runs the audit; returns the exit code (0, or 1 when something leaks above --fail-above).
@@ -86,7 +92,7 @@ pub async fn run(cfg: AuditConfig) -> Result<i32> {
         Selection::All => Scope::All,
         Selection::Chosen { .. } => Scope::Targets,
     };
-    let initial = initial_targets(&cfg.selection)?;
+    let initial = initial_targets(&cfg.selection, cfg.max_targets)?;
     let mut a = Audit {
         cfg: &cfg,
         session: Session::new(cfg.ring_size, cfg.min_age, scope, cfg.tuning)?,
@@ -96,6 +102,8 @@ pub async fn run(cfg: AuditConfig) -> Result<i32> {
         inspected: HashMap::new(),
         pending: HashMap::new(),
         exited: Vec::new(),
+        skipped: Vec::new(),
+        over_cap: HashSet::new(),
     };
     a.session.probes.attach_tracepoints()?;
     if let Selection::Chosen { comms, cgroups, .. } = &cfg.selection
@@ -103,8 +111,50 @@ pub async fn run(cfg: AuditConfig) -> Result<i32> {
     {
         a.session.probes.attach_exec()?;
     }
-    for pid in &initial {
-        a.add(*pid, true)?;
+    // Every chosen process is tried; one that fails is skipped with its reason, and the audit goes
+    // on with the others. A pending SIGINT/SIGTERM stops the attaching (it can take seconds).
+    let mut interrupted = false;
+    let mut failed: Vec<(u32, Error)> = initial.failed;
+    for pid in initial.pids.iter().chain(&initial.found) {
+        if crate::trace::signalled(&mut sigint, &mut sigterm).await {
+            interrupted = true;
+            break;
+        }
+        if scope == Scope::Targets && a.at_cap() {
+            a.over_cap.insert(*pid);
+            continue;
+        }
+        match a.add(*pid) {
+            // It was there when the targets were chosen, before the programs were loaded.
+            Err(_) if scope == Scope::Targets && target::has_exited(*pid) => {
+                failed.push((*pid, Error::ExitedWhileAttaching { pid: *pid }));
+            }
+            Err(e) if scope == Scope::Targets => failed.push((*pid, e)),
+            // --all: kernel threads and processes gone meanwhile are no news.
+            _ => {}
+        }
+    }
+    if scope == Scope::Targets && a.procs.is_empty() && !interrupted {
+        // Nothing left to audit: the reason, on one line.
+        return Err(match failed.len() {
+            1 => failed.remove(0).1,
+            _ => Error::Usage(format!(
+                "nothing to audit: {}",
+                failed.iter().map(|(p, e)| format!("process {p}: {e}")).collect::<Vec<_>>().join("; ")
+            )),
+        });
+    }
+    for (pid, e) in failed {
+        a.skip(pid, &e);
+    }
+    if !a.over_cap.is_empty() {
+        eprintln!(
+            "leaktrace: warning: --max-targets {}: {} more process{} matching --comm/--cgroup not \
+             audited (raise --max-targets to audit them)",
+            cfg.max_targets,
+            a.over_cap.len(),
+            if a.over_cap.len() == 1 { "" } else { "es" }
+        );
     }
     if scope == Scope::All {
         a.rescan_all();
@@ -130,6 +180,10 @@ pub async fn run(cfg: AuditConfig) -> Result<i32> {
     rescan_tick.tick().await;
     let deadline = tokio::time::Instant::now() + cfg.duration;
     loop {
+        // Interrupted while attaching: straight to the final report.
+        if interrupted {
+            break;
+        }
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
@@ -149,7 +203,9 @@ pub async fn run(cfg: AuditConfig) -> Result<i32> {
     }
     a.drain(ring.get_mut());
     a.sample();
-    let r = a.report(baseline.as_ref());
+    let mut r = a.report(baseline.as_ref());
+    r.skipped = std::mem::take(&mut a.skipped);
+    r.over_max_targets = a.over_cap.len() as u64;
     let above = cfg
         .fail_above
         .is_some_and(|limit| r.processes.iter().any(|p| p.leak_rate_bytes_per_s > limit));
@@ -164,8 +220,20 @@ pub async fn run(cfg: AuditConfig) -> Result<i32> {
     Ok(if above { EXIT_ABOVE } else { 0 })
 }
 
-/// The processes chosen at the start; an error when nothing at all matches.
-fn initial_targets(sel: &Selection) -> Result<Vec<u32>> {
+/// The processes chosen at the start.
+#[derive(Default)]
+struct Initial {
+    /// Given with -p (each process once, threads resolved to their process).
+    pids: Vec<u32>,
+    /// Found by --comm or --cgroup (or every process, with --all), not given with -p.
+    found: Vec<u32>,
+    /// -p ids that name no traceable process, with the reason.
+    failed: Vec<(u32, Error)>,
+}
+
+/// The processes chosen at the start; an error when nothing at all matches, or when more
+/// processes are given with -p than `max_targets`.
+fn initial_targets(sel: &Selection, max_targets: usize) -> Result<Initial> {
     let me = std::process::id();
     let Selection::Chosen {
         pids,
@@ -173,13 +241,39 @@ fn initial_targets(sel: &Selection) -> Result<Vec<u32>> {
         cgroups,
     } = sel
     else {
-        return Ok(all_pids().into_iter().filter(|&p| p != me).collect());
+        return Ok(Initial {
+            found: all_pids().into_iter().filter(|&p| p != me).collect(),
+            ..Initial::default()
+        });
     };
-    let mut set: Vec<u32> = Vec::new();
-    for &pid in pids {
-        target::check_pid(pid)?;
-        set.push(pid);
+    let mut init = Initial::default();
+    let mut seen = HashSet::new();
+    for &given in pids {
+        if !seen.insert(given) {
+            continue;
+        }
+        match target::check_pid(given) {
+            Ok(p) => {
+                if let Some(tid) = p.thread {
+                    eprintln!(
+                        "leaktrace: -p {tid} is a thread of process {} ({}): auditing process {}",
+                        p.pid, crate::escape::text(&p.comm), p.pid
+                    );
+                }
+                if !init.pids.contains(&p.pid) {
+                    init.pids.push(p.pid);
+                }
+            }
+            Err(e) => init.failed.push((given, e)),
+        }
     }
+    if init.pids.len() > max_targets {
+        return Err(Error::Usage(format!(
+            "-p: {} processes given, more than --max-targets {max_targets}: give fewer, or raise --max-targets",
+            init.pids.len()
+        )));
+    }
+    let mut set: Vec<u32> = Vec::new();
     let mut unmatched = Vec::new();
     for name in comms {
         let found: Vec<u32> = all_pids()
@@ -209,7 +303,9 @@ fn initial_targets(sel: &Selection) -> Result<Vec<u32>> {
     }
     set.sort_unstable();
     set.dedup();
-    if set.is_empty() {
+    set.retain(|p| !init.pids.contains(p));
+    init.found = set;
+    if init.pids.is_empty() && init.failed.is_empty() && init.found.is_empty() {
         return Err(Error::Usage(format!(
             "{}: nothing to audit (check the names with `pgrep -l NAME`)",
             unmatched.join("; ")
@@ -218,7 +314,7 @@ fn initial_targets(sel: &Selection) -> Result<Vec<u32>> {
     for u in unmatched {
         eprintln!("leaktrace: warning: {u}");
     }
-    Ok(set)
+    Ok(init)
 }
 
 fn all_pids() -> Vec<u32> {
@@ -263,24 +359,24 @@ fn cgroup_exists(cg: &str) -> bool {
 }
 
 impl Audit<'_> {
-    /// Adds `pid` to the audit: its facts, and in chosen mode its own probes.
-    fn add(&mut self, pid: u32, at_start: bool) -> Result<()> {
+    /// Adds `pid` to the audit: its facts, and in chosen mode its own probes. An error says why
+    /// it cannot be audited; what was attached for it by then is detached.
+    fn add(&mut self, pid: u32) -> Result<()> {
         if self.procs.contains_key(&pid) || pid == std::process::id() {
             return Ok(());
         }
-        let Ok(p) = target::check_pid(pid) else {
-            return Ok(()); // a kernel thread or a process gone meanwhile
-        };
-        let libs = self.libs_of(pid);
+        let p = target::check_pid(pid)?;
+        let pid = p.pid;
+        let libs = self.libs_of(pid)?;
         if matches!(self.cfg.selection, Selection::Chosen { .. }) {
             if libs.is_empty() {
-                if at_start && self.cfg.selection_has_pid(pid) {
-                    return Err(Error::NoAllocator { pid, comm: p.comm });
-                }
-                return Ok(());
+                return Err(Error::NoAllocator { pid, comm: p.comm });
             }
             let owned: Vec<AllocatorLib> = libs.iter().map(|(_, l)| l.clone()).collect();
-            self.session.track(pid, &p.comm, &owned)?;
+            if let Err(e) = self.session.track(pid, &p.comm, &owned) {
+                self.session.forget(pid);
+                return Err(crate::trace::attach_error(pid, e));
+            }
         }
         for (key, lib) in &libs {
             self.libs
@@ -305,35 +401,52 @@ impl Audit<'_> {
         Ok(())
     }
 
-    /// The allocator libraries `pid` maps, keyed by (device, inode), inspected once each.
-    fn libs_of(&mut self, pid: u32) -> Vec<((u64, u64), AllocatorLib)> {
-        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
-            return Vec::new();
-        };
+    /// A chosen process that cannot be audited: said on stderr and kept for the report.
+    fn skip(&mut self, pid: u32, e: &Error) {
+        eprintln!("leaktrace: skipping process {pid}: {}", crate::escape::text(&e.to_string()));
+        self.skipped.push(report::SkippedProcess {
+            pid,
+            reason: e.to_string(),
+        });
+    }
+
+    /// Whether --max-targets processes are audited already (chosen mode only).
+    fn at_cap(&self) -> bool {
+        self.procs.len() >= self.cfg.max_targets
+    }
+
+    /// The allocator libraries `pid` maps, keyed by (device, inode), inspected once each. Each
+    /// is opened through this process's map_files link (the cached one may belong to a process
+    /// that has gone since).
+    fn libs_of(&mut self, pid: u32) -> Result<Vec<((u64, u64), AllocatorLib)>> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
-        for line in maps.lines() {
-            let mut it = line.split_whitespace();
-            let perms = it.nth(1).unwrap_or("");
-            let path: String = it.skip(3).collect::<Vec<_>>().join(" ");
-            if !perms.contains('x') || !path.starts_with('/') || path.ends_with("(deleted)") {
+        for m in crate::maps::read(pid).map_err(allocator::AllocatorError::from)? {
+            let Some(path) = m.file() else { continue };
+            if !m.exec || m.is_deleted() {
                 continue;
             }
-            let open = PathBuf::from(format!("/proc/{pid}/root{path}"));
+            let open = m.map_file(pid);
             let Ok(meta) = std::fs::metadata(&open) else { continue };
             let key = (meta.dev(), meta.ino());
             if !seen.insert(key) {
                 continue;
             }
-            let lib = self
-                .inspected
-                .entry(key)
-                .or_insert_with(|| allocator::inspect_elf(Path::new(&path), &open).ok().flatten());
+            let lib = match self.inspected.get_mut(&key) {
+                Some(lib) => lib,
+                None => match allocator::inspect_elf(path, &open) {
+                    Ok(lib) => self.inspected.entry(key).or_insert(lib),
+                    Err(e) if e.is_not_elf() => self.inspected.entry(key).or_insert(None),
+                    Err(e) => return Err(e.into()),
+                },
+            };
             if let Some(lib) = lib {
+                lib.path = path.to_path_buf();
+                lib.open_path = open;
                 out.push((key, lib.clone()));
             }
         }
-        out
+        Ok(out)
     }
 
     /// `--all`: probes every allocator library any process maps that is not probed yet.
@@ -341,7 +454,8 @@ impl Audit<'_> {
         let me = std::process::id();
         for pid in all_pids().into_iter().filter(|&p| p != me) {
             if !self.procs.contains_key(&pid) {
-                let _ = self.add(pid, false);
+                // Kernel threads, processes gone meanwhile: not chosen, nothing to report.
+                let _ = self.add(pid);
             }
         }
         let keys: Vec<(u64, u64)> = self.libs.keys().copied().collect();
@@ -357,14 +471,46 @@ impl Audit<'_> {
         }
     }
 
+    /// Processes that exec'd a chosen name or into a chosen cgroup: added once their allocator is
+    /// mapped (tried for 2 s), skipped with a reason when attaching fails, counted when the
+    /// --max-targets cap is reached.
     fn attach_pending(&mut self) {
         let pids: Vec<u32> = self.pending.keys().copied().collect();
         for pid in pids {
             let since = self.pending[&pid];
-            let before = self.procs.len();
-            let _ = self.add(pid, false);
-            if self.procs.len() > before || since.elapsed() > Duration::from_secs(2) {
+            if self.procs.contains_key(&pid) {
                 self.pending.remove(&pid);
+                continue;
+            }
+            if self.at_cap() {
+                self.pending.remove(&pid);
+                if self.over_cap.insert(pid) && self.over_cap.len() == 1 {
+                    eprintln!(
+                        "leaktrace: warning: --max-targets {} reached: processes started later are \
+                         counted in the report, not audited",
+                        self.cfg.max_targets
+                    );
+                }
+                continue;
+            }
+            match self.add(pid) {
+                Ok(()) => {
+                    self.pending.remove(&pid);
+                }
+                // Still loading, or gone already: nothing to say.
+                Err(Error::NoAllocator { .. }) if since.elapsed() <= Duration::from_secs(2) => {}
+                Err(
+                    Error::NoAllocator { .. }
+                    | Error::NoSuchProcess { .. }
+                    | Error::Zombie { .. }
+                    | Error::ExitedWhileAttaching { .. },
+                ) => {
+                    self.pending.remove(&pid);
+                }
+                Err(e) => {
+                    self.pending.remove(&pid);
+                    self.skip(pid, &e);
+                }
             }
         }
     }
@@ -447,11 +593,5 @@ impl Audit<'_> {
             time: SystemTime::now(),
             sample_rate: self.cfg.tuning.sample_rate,
         })
-    }
-}
-
-impl AuditConfig {
-    fn selection_has_pid(&self, pid: u32) -> bool {
-        matches!(&self.selection, Selection::Chosen { pids, .. } if pids.contains(&pid))
     }
 }

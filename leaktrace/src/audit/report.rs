@@ -69,6 +69,13 @@ pub struct Library {
     pub processes: usize,
 }
 
+/// A chosen process the audit could not trace, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedProcess {
+    pub pid: u32,
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditReport {
     pub time: String,
@@ -90,6 +97,10 @@ pub struct AuditReport {
     pub events: u64,
     pub cpu_time_ms: u64,
     pub baseline_file: Option<PathBuf>,
+    /// Chosen processes that could not be traced (gone, no allocator, attach failed...).
+    pub skipped: Vec<SkippedProcess>,
+    /// Processes matching --comm/--cgroup left out because --max-targets was reached.
+    pub over_max_targets: u64,
 }
 
 pub struct ProcInput {
@@ -187,6 +198,8 @@ pub fn build(b: BuildInput<'_>) -> AuditReport {
         events: b.session.agg.events,
         cpu_time_ms: own_cpu_time().as_millis() as u64,
         baseline_file: b.baseline_file,
+        skipped: Vec::new(),
+        over_max_targets: 0,
     }
 }
 
@@ -333,6 +346,12 @@ pub fn render_text(r: &AuditReport, fail_above: Option<f64>, out: &mut dyn Write
     )?;
     if let Some(why) = &r.estimate_unreliable_reason {
         writeln!(out, "warning: estimates unreliable: {why}")?;
+    }
+    for s in &r.skipped {
+        writeln!(out, "skipped process {}: {}", s.pid, crate::escape::text(&s.reason))?;
+    }
+    if r.over_max_targets > 0 {
+        writeln!(out, "not audited: {} more matching processes (over --max-targets)", r.over_max_targets)?;
     }
     writeln!(out)?;
     writeln!(
