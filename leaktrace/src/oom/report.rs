@@ -115,6 +115,7 @@ impl OomReport {
             stack_errors: self.stack_errors,
             missed_returns: 0,
             malformed_events: 0,
+            symbolization_failures: 0,
             sampled_set_full: 0,
             events: 0,
             group_by: crate::config::GroupBy::Stack,

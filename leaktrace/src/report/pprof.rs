@@ -533,6 +533,7 @@ mod tests {
             stack_errors: 0,
             missed_returns: 0,
             malformed_events: 0,
+            symbolization_failures: 0,
             sampled_set_full: 0,
             events: 0,
             leaked_bytes: 3000,

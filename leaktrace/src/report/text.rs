@@ -52,7 +52,15 @@ pub fn render(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
         out,
         "lost events: {}  stack errors: {}  missed returns: {}  malformed events: {}",
         r.lost_events, r.stack_errors, r.missed_returns, r.malformed_events
-    )
+    )?;
+    if r.symbolization_failures > 0 {
+        writeln!(
+            out,
+            "symbolization failures: {} (frames shown as ??; see the warning above)",
+            r.symbolization_failures
+        )?;
+    }
+    Ok(())
 }
 
 pub fn stack(out: &mut dyn Write, n: usize, s: &StackReport) -> std::io::Result<()> {
