@@ -13,14 +13,18 @@ use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
     process::{ExitCode, Stdio},
-    time::Duration,
+    thread,
+    time::{Duration, Instant},
 };
 
 use anyhow::Result;
 
 use crate::{
     build,
-    harness::{Fixture, ReportTiming, Tracer, compile_churn, procfs, procfs::MapMemory},
+    harness::{
+        Fixture, Guard, Lines, ReportTiming, START_TIMEOUT, Tracer, WORK_TIMEOUT, compile_churn,
+        procfs, procfs::MapMemory,
+    },
     process, workspace,
 };
 
@@ -109,6 +113,10 @@ pub fn run(quick: bool) -> Result<ExitCode> {
     }
     let large = bench.hold(plan.held_large)?;
     let report = bench.hold(plan.held_report)?;
+    let teardowns = TEARDOWN_TARGETS
+        .iter()
+        .map(|&targets| bench.teardown(targets))
+        .collect::<Result<Vec<_>>>()?;
 
     let table = Table {
         plan: &plan,
@@ -116,6 +124,7 @@ pub fn run(quick: bool) -> Result<ExitCode> {
         churns: &churns,
         large: &large,
         report: &report,
+        teardowns: &teardowns,
         load: [load_before, procfs::load_average()],
     };
     print!("{}", table.render());
@@ -318,6 +327,121 @@ impl Bench<'_> {
 }
 
 
+/// Idle targets traced at once for the teardown figures (19 probes each with glibc).
+const TEARDOWN_TARGETS: [usize; 2] = [1, 4];
+
+/// How leaktrace lets go of its targets, with `probes` uprobes attached.
+struct Teardown {
+    targets: usize,
+    probes: u64,
+    /// From SIGINT: the final report written, then leaktrace exited (probes detached).
+    interrupted: ReportTiming,
+    /// From SIGKILL until leaktrace is a zombie: the kernel closes the dead tracer's
+    /// descriptors, detaching one probe after another, while the targets run with live
+    /// breakpoints.
+    killed: Duration,
+}
+
+impl Bench<'_> {
+    /// Traces `targets` idle churn fixtures twice: once ended by SIGINT, once by SIGKILL.
+    fn teardown(&self, targets: usize) -> Result<Teardown> {
+        eprintln!("xtask: bench: teardown with {targets} traced process(es)");
+        let fixtures = (0..targets)
+            .map(|_| Fixture::start(self.churn, &["hold".to_owned(), "1".to_owned()]))
+            .collect::<Result<Vec<_>>>()?;
+        let pids: Vec<u32> = fixtures.iter().map(|f| f.pid).collect();
+        let (probes, tracer) = self.attach_all(&pids)?;
+        let (interrupted, _) = tracer.interrupt()?;
+        let (_, mut tracer) = self.attach_all(&pids)?;
+        let pid = tracer.pid();
+        let killed_at = Instant::now();
+        tracer
+            .child
+            .0
+            .kill()
+            .map_err(|err| process::failed("killing leaktrace", err))?;
+        let killed = loop {
+            if procfs::stat(pid)?.state == 'Z' {
+                break killed_at.elapsed();
+            }
+            if killed_at.elapsed() > WORK_TIMEOUT {
+                return Err(process::failed(
+                    "leaktrace's teardown",
+                    format!("not gone within {WORK_TIMEOUT:?} of SIGKILL"),
+                ));
+            }
+            thread::sleep(Duration::from_millis(1));
+        };
+        drop(tracer);
+        drop(fixtures);
+        let t = Teardown {
+            targets,
+            probes,
+            interrupted,
+            killed,
+        };
+        eprintln!(
+            "xtask: bench: {targets} process(es), {probes} probes: report {} and exit {} after \
+             SIGINT; gone {} after SIGKILL",
+            millis(t.interrupted.written),
+            millis(t.interrupted.exited),
+            millis(t.killed)
+        );
+        Ok(t)
+    }
+
+    /// leaktrace tracing `pids`, once it has said how many probes it attached to each.
+    fn attach_all(&self, pids: &[u32]) -> Result<(u64, Tracer)> {
+        let _ = std::fs::remove_file(&self.report);
+        let mut cmd = process::command(self.leaktrace);
+        cmd.args(["trace", "--min-age", "0s", "--format", "json", "-o"])
+            .arg(&self.report);
+        for pid in pids {
+            cmd.args(["-p", &pid.to_string()]);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::piped());
+        let spawned = Instant::now();
+        let mut child = Guard::spawn("leaktrace", &mut cmd)?;
+        let stderr = Lines::read("leaktrace", child.0.stderr.take().expect("stderr is piped"));
+        let mut probes = 0;
+        let mut attached = spawned;
+        for _ in pids {
+            // "leaktrace: tracing pid P (comm): N probes on ..."
+            let (at, n) = stderr.expect("its `tracing pid` lines", START_TIMEOUT, |line| {
+                let rest = line.strip_prefix("leaktrace: tracing pid")?;
+                rest.split_once("): ")?.1.split_once(" probes")?.0.parse::<u64>().ok()
+            })?;
+            probes += n;
+            attached = at;
+        }
+        let tracer = Tracer {
+            child,
+            stderr,
+            attach: attached.duration_since(spawned),
+            report: self.report.clone(),
+        };
+        Ok((probes, tracer))
+    }
+}
+
+/// The teardown rows: exit after SIGINT, and probes live after SIGKILL, per number of probes.
+fn teardown_rows(out: &mut String, teardowns: &[Teardown]) {
+    *out += "\n| teardown | final report after SIGINT | exit after SIGINT | probes live after SIGKILL |\n";
+    *out += "|---|---|---|---|\n";
+    for t in teardowns {
+        *out += &format!(
+            "| {} process(es), {} uprobes | {} | {} | {} |\n",
+            t.targets,
+            t.probes,
+            millis(t.interrupted.written),
+            millis(t.interrupted.exited),
+            millis(t.killed),
+        );
+    }
+}
+
 /// The printed result: one table of churn figures, one of held-block figures, each figure next
 /// to its target and an honest verdict.
 struct Table<'a> {
@@ -326,6 +450,7 @@ struct Table<'a> {
     churns: &'a BTreeMap<(u64, Mode), Vec<ChurnRun>>,
     large: &'a Held,
     report: &'a Held,
+    teardowns: &'a [Teardown],
     /// The 1-minute load average before and after the measurements.
     load: [Option<f64>; 2],
 }
@@ -465,6 +590,7 @@ impl Table<'_> {
         let report_target = format!("<= {} CPU", millis(MAX_REPORT_CPU));
         report_rows(&mut out, report, &report_target, verdict(report_met));
         report_rows(&mut out, large, "", "");
+        teardown_rows(&mut out, self.teardowns);
         out
     }
 

@@ -207,6 +207,8 @@ impl Tracer {
 /// The figures taken from leaktrace's final JSON report.
 pub(crate) struct Report {
     pub(crate) lost: Option<u64>,
+    /// Events taken in since the start.
+    pub(crate) events: Option<u64>,
     /// `processes[0].outstanding_count`.
     pub(crate) outstanding: Option<u64>,
 }
@@ -219,6 +221,7 @@ impl Report {
         let processes = text.find("\"processes\":").map_or("", |at| &text[at..]);
         Self {
             lost: json_number(text, "lost_events"),
+            events: json_number(text, "events"),
             outstanding: json_number(processes, "outstanding_count"),
         }
     }

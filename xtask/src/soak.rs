@@ -69,6 +69,10 @@ pub fn run(minutes: u64) -> Result<ExitCode> {
 
     let verdict = Verdict::of(&samples, final_report.lost);
     print!("{}", verdict.render(minutes, samples.len(), timing.exited));
+    if let Some(events) = final_report.events {
+        let rate = events as f64 / start.elapsed().as_secs_f64();
+        println!("| events taken in | {events} ({rate:.0}/s) | | |");
+    }
     Ok(if verdict.passed() {
         ExitCode::SUCCESS
     } else {
