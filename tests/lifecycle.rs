@@ -60,10 +60,10 @@ impl Drop for Target {
 }
 
 /// leaktrace tracing one pid with a JSON report file and a metrics endpoint on a port the
-/// kernel picks.
+/// kernel picks. Its stderr goes to a file, read whole once it has exited.
 struct Tracer {
     child: Child,
-    err: Lines,
+    stderr: PathBuf,
     metrics: SocketAddr,
     report: PathBuf,
 }
@@ -72,23 +72,31 @@ impl Tracer {
     fn start(pid: u32, report: &str) -> Self {
         let report = tmp(report);
         let _ = std::fs::remove_file(&report);
-        let mut child = leaktrace()
+        let stderr = report.with_extension("stderr");
+        let child = leaktrace()
             .args(["trace", "-p", &pid.to_string(), "--min-age", "0s", "--top", "1000"])
             .args(["--metrics-addr", "127.0.0.1:0", "--format", "json", "-o"])
             .arg(&report)
-            .stderr(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
             .spawn()
             .expect("start leaktrace");
-        let err = Lines::new(child.stderr.take().unwrap());
-        let line = err.wait_for("metrics on http://");
-        let metrics = line
-            .split("http://")
+        // Polling the file for a line, with a deadline.
+        let deadline = Instant::now() + TIMEOUT;
+        let text = loop {
+            let text = std::fs::read_to_string(&stderr).unwrap_or_default();
+            if text.contains("tracing pid") {
+                break text;
+            }
+            assert!(Instant::now() < deadline, "leaktrace did not attach: {text}");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let metrics = text
+            .split("metrics on http://")
             .nth(1)
             .and_then(|r| r.split('/').next())
             .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
-        err.wait_for("tracing pid");
-        Tracer { child, err, metrics, report }
+            .unwrap_or_else(|| panic!("no metrics address in {text:?}"));
+        Tracer { child, stderr, metrics, report }
     }
 
     fn pid(&self) -> u32 {
@@ -116,7 +124,8 @@ impl Tracer {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let st = wait_with_timeout(&mut self.child);
-        let stderr = self.err.rest();
+        let text = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        let stderr: Vec<String> = text.lines().map(str::to_owned).collect();
         assert!(st.success(), "leaktrace failed: {st:?}; stderr: {stderr:#?}");
         (common::last_report(&self.report), stderr)
     }

@@ -37,8 +37,8 @@ pub struct Session {
     pub stacks: StackTable,
     pub comms: HashMap<u32, String>,
     pub malformed: u64,
-    /// The allocator files probed for each traced process.
-    probed: HashMap<u32, Vec<std::path::PathBuf>>,
+    /// The allocator files (device, inode) probed for each traced process.
+    probed: HashMap<u32, Vec<(u64, u64)>>,
     frames: [u64; MAX_FRAMES],
 }
 
@@ -69,7 +69,9 @@ impl Session {
         let mut n = 0;
         for lib in libs {
             n += self.probes.attach_allocator(lib, pid)?;
-            self.probed.entry(pid).or_default().push(lib.path.clone());
+            if let Some(id) = file_id(&lib.open_path) {
+                self.probed.entry(pid).or_default().push(id);
+            }
             warn_single_stepped(lib);
         }
         self.sym.track(pid);
@@ -82,16 +84,17 @@ impl Session {
         self.comms.insert(pid, comm);
         self.sym.reset(pid);
         // The new executable, when it defines malloc itself (statically linked, say): it is
-        // mapped already, the libraries it loads are not yet.
-        let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else { return };
+        // mapped already, the libraries it loads are not yet. Known by (device, inode): the
+        // path launch mode probed may be a symlink to it.
+        let open = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
+        let (Ok(exe), Some(id)) = (std::fs::read_link(&open), file_id(&open)) else { return };
         let probed = self.probed.entry(pid).or_default();
-        if probed.contains(&exe) {
+        if probed.contains(&id) {
             return;
         }
-        let open = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
         match crate::allocator::inspect_elf(&exe, &open) {
             Ok(Some(lib)) => match self.probes.attach_allocator(&lib, pid) {
-                Ok(_) => probed.push(exe),
+                Ok(_) => probed.push(id),
                 Err(e) => eprintln!("leaktrace: warning: pid {pid} after exec: {e}"),
             },
             Ok(None) => {}
@@ -204,6 +207,13 @@ pub async fn start_metrics(
     })?;
     eprintln!("leaktrace: metrics on http://{}/metrics", handle.local_addr());
     Ok(Some((metrics, handle)))
+}
+
+/// A file's (device, inode), following symlinks (and /proc's magic links).
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino()))
 }
 
 /// Warns about hot allocator entry points the kernel must single-step; rare ones (reallocarray
