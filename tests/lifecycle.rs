@@ -218,6 +218,27 @@ fn a_dlclosed_library_is_still_named() {
 }
 
 #[test]
+fn a_library_unloaded_at_once_is_still_named() {
+    require_kernel!();
+    let lib_a = compile_plugin("libplugin_a.so", "-DPLUGIN_A");
+    let lib_b = compile_plugin("libplugin_b.so", "-DPLUGIN_B");
+    let exe = fixture("dlplugin", &["-ldl"]);
+    // dlclose right after the leak: the library is gone before leaktrace drains the ring.
+    let mut target = Target::start(Command::new(&exe).arg(&lib_a).arg(&lib_b).arg("now"));
+    let tracer = Tracer::start(target.pid, "dlclose-now.json");
+    target.step("leaked a");
+    tracer.wait_outstanding(target.pid, 300_000);
+    let (report, stderr) = tracer.finish();
+    let stacks = frames_of(&report, 300_000);
+    assert_eq!(stacks.len(), 1, "one stack of 300000 B expected: {report:#}");
+    assert!(
+        stacks[0].iter().any(|(f, m)| f == "leak_in_plugin" && m.ends_with("libplugin_a.so")),
+        "the leak is not named leak_in_plugin in libplugin_a.so: {:?}; stderr: {stderr:#?}",
+        stacks[0]
+    );
+}
+
+#[test]
 fn exec_drops_the_old_image_and_takes_the_new_name() {
     require_kernel!();
     let exe = fixture("execer", &[]);

@@ -6,6 +6,7 @@ pub mod config;
 pub mod diff;
 pub mod error;
 pub mod intake;
+pub mod mapwatch;
 pub mod metrics;
 pub mod oom;
 pub mod procinfo;

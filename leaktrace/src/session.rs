@@ -47,9 +47,11 @@ impl Session {
         let mut agg = Aggregator::new(min_age);
         agg.set_track_all(scope == Scope::All);
         agg.set_sample_rate(tuning.sample_rate);
+        let mut sym = Symbolizer::new();
+        sym.watch_mappings();
         Ok(Session {
             agg,
-            sym: Symbolizer::new(),
+            sym,
             probes: Probes::load(MapSizes { ring_bytes }, scope, tuning)?,
             stacks: StackTable::default(),
             comms: HashMap::new(),
@@ -115,6 +117,9 @@ impl Session {
     /// comes up (Some), so that the caller sees it before anything that follows it, e.g. an OOM
     /// victim's report is built before its exit event drops its allocations.
     pub fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Option<Watch> {
+        // Mappings first: a library mapped, leaked through and unloaded since the last drain
+        // is named by its record only.
+        self.sym.absorb_mappings();
         while let Some(item) = ring.next() {
             let d = match intake::decode(&item, &mut self.frames) {
                 Ok(d) => d,

@@ -7,7 +7,10 @@
 //! leaking, or the maps of a process that has exited, still name the code. Each address of a
 //! new stack is pinned to the mapping it fell in when the stack was first seen, so that a range
 //! reused by a library loaded later does not rename it. The files themselves are opened at
-//! report time, through /proc/PID/root while the process lives, by path after.
+//! report time, through /proc/PID/root while the process lives, by path after. Where perf
+//! events can be opened, the kernel's mapping records ([`crate::mapwatch`]) are added to the
+//! record before each drain, so a library unloaded before leaktrace could read /proc/PID/maps
+//! is known too.
 //!
 //! A lookup that fails (the file cannot be opened or read, say for lack of file descriptors) is
 //! not cached, is counted ([`Symbolizer::failures`], reported as `symbolization_failures`), and
@@ -23,7 +26,10 @@ use std::{
 
 use blazesym::symbolize::{Input, Symbolized, Symbolizer as Blaze, source::Elf, source::Source};
 
-use crate::report::{Frame, MappingReport};
+use crate::{
+    mapwatch::{MapRecord, MapWatch},
+    report::{Frame, MappingReport},
+};
 
 /// How often an address outside the record may trigger a re-read of a live process's maps at
 /// report time (a stack whose library was loaded after its last re-read).
@@ -78,6 +84,7 @@ pub struct Symbolizer {
     failures: u64,
     /// Causes already warned about (the innermost error's text).
     warned: HashSet<String>,
+    watch: Option<MapWatch>,
 }
 
 impl Default for Symbolizer {
@@ -94,6 +101,39 @@ impl Symbolizer {
             build_ids: HashMap::new(),
             failures: 0,
             warned: HashSet::new(),
+            watch: None,
+        }
+    }
+
+    /// Also takes the kernel's records of executable mappings as they are made (see
+    /// [`crate::mapwatch`]); without perf events, /proc/PID/maps alone is read.
+    pub fn watch_mappings(&mut self) {
+        self.watch = MapWatch::open();
+    }
+
+    /// Adds the mappings recorded since the last call to the records of tracked processes.
+    /// Called before each drain of the event ring, so that a stack's library is known before
+    /// the stack is.
+    pub fn absorb_mappings(&mut self) {
+        let (Some(watch), procs) = (self.watch.as_mut(), &mut self.procs) else { return };
+        let lost_before = watch.lost;
+        watch.drain(|r: MapRecord| {
+            if let Some(p) = procs.get_mut(&r.pid) {
+                p.merge(vec![Mapping {
+                    start: r.start,
+                    end: r.start.saturating_add(r.len),
+                    offset: r.pgoff,
+                    open: PathBuf::from(format!("/proc/{}/root{}", r.pid, r.path)),
+                    path: r.path,
+                }]);
+            }
+        });
+        if lost_before == 0 && watch.lost > 0 {
+            eprintln!(
+                "leaktrace: warning: the kernel dropped {} mapping records (their ring was \
+                 full); a library unloaded right after leaking may show as ??",
+                watch.lost
+            );
         }
     }
 
@@ -129,12 +169,17 @@ impl Symbolizer {
     /// mappings when one of `addrs` is outside the record (a library loaded since), then pins
     /// each address to its mapping.
     pub fn note_addresses(&mut self, pid: u32, addrs: &[u64]) {
-        let known = self
-            .procs
-            .get(&pid)
-            .is_some_and(|p| addrs.iter().all(|a| p.lookup(*a).is_some()));
-        if !known {
-            self.track(pid);
+        let known = |s: &Self| {
+            s.procs
+                .get(&pid)
+                .is_some_and(|p| addrs.iter().all(|a| p.lookup(*a).is_some()))
+        };
+        if !known(self) {
+            // Mapped since the last drain of the records, or no records: re-read.
+            self.absorb_mappings();
+            if !known(self) {
+                self.track(pid);
+            }
         }
         let Some(p) = self.procs.get_mut(&pid) else { return };
         for &a in addrs {
