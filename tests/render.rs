@@ -78,6 +78,7 @@ fn fixed_report() -> Report {
         stack_errors: 1,
         missed_returns: 0,
         malformed_events: 0,
+        symbolization_failures: 0,
         sampled_set_full: 0,
         estimate_unreliable: false,
         estimate_unreliable_reason: None,

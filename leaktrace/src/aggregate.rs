@@ -443,6 +443,14 @@ impl Aggregator {
         self.procs.entry(pid).or_default();
     }
 
+    /// Drops what is known of `pid` (its blocks, stacks and totals) without reporting it, and
+    /// goes on tracking it: after an exec the old image's memory went with its address space.
+    pub fn restart(&mut self, pid: Pid) {
+        if self.procs.remove(&pid).is_some() {
+            self.procs.insert(pid, ProcState::default());
+        }
+    }
+
     pub fn is_tracked(&self, pid: Pid) -> bool {
         self.procs.contains_key(&pid)
     }

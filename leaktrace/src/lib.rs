@@ -9,6 +9,7 @@ pub mod escape;
 pub mod intake;
 pub mod launch;
 pub mod maps;
+pub mod mapwatch;
 pub mod metrics;
 pub mod oom;
 pub mod procinfo;

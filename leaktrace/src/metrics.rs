@@ -47,8 +47,13 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// A slow or idle client may not hold a connection open for longer than this before sending
-/// its request headers.
+/// its request headers (each request's, keep-alive ones included).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once. Each holds a file descriptor: without a cap, idle clients can
+/// take every descriptor leaktrace may open, and symbolization (which opens the traced
+/// programs' files) then fails. A scraper needs one; beyond the cap a new connection is closed
+/// at once and counted in `leaktrace_metrics_connections_refused`.
+pub const MAX_CONNECTIONS: usize = 64;
 
 /// Parses the value of `--metrics-addr`: `127.0.0.1:9464`, `0.0.0.0:9464`, `[::1]:9464`,
 /// `localhost:9464`, `:9464` or a bare `9464`. Without a host it listens on 127.0.0.1 only:
@@ -170,6 +175,7 @@ pub struct Metrics {
     lost_events: Counter,
     oom_kills: Family<CommLabel, Counter>,
     folded_processes: U64Gauge,
+    connections_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -196,6 +202,7 @@ impl Metrics {
             lost_events: Counter::default(),
             oom_kills: Family::default(),
             folded_processes: Gauge::default(),
+            connections_refused: Counter::default(),
         };
         registry.register_with_unit(
             "outstanding",
@@ -244,7 +251,17 @@ impl Metrics {
             "Traced processes beyond the series limit, summed into the series labelled other",
             m.folded_processes.clone(),
         );
+        registry.register(
+            "metrics_connections_refused",
+            "Connections to this endpoint closed unserved because MAX_CONNECTIONS (64) were open",
+            m.connections_refused.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Connections refused so far because the cap was reached.
+    pub fn connections_refused(&self) -> u64 {
+        self.connections_refused.get()
     }
 
     /// Sets every family from one snapshot of the traced processes that are still running. A
@@ -469,6 +486,21 @@ async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>) {
             // Reap finished connections so the set does not grow with every scrape.
             Some(_) = connections.join_next() => continue,
         };
+        // Finished connections not reaped yet would count against the cap.
+        while connections.try_join_next().is_some() {}
+        if connections.len() >= MAX_CONNECTIONS {
+            // Accepted only to be closed: left in the backlog it would be served later, after
+            // its client gave up, and the backlog would keep growing.
+            drop(stream);
+            if metrics.connections_refused.inc() == 0 {
+                eprintln!(
+                    "leaktrace: warning: metrics endpoint: {MAX_CONNECTIONS} connections open; \
+                     refusing more until some close (counted in \
+                     leaktrace_metrics_connections_refused_total)"
+                );
+            }
+            continue;
+        }
         let metrics = metrics.clone();
         connections.spawn(async move {
             let service = service_fn(move |req| {
@@ -956,5 +988,46 @@ mod tests {
         let l = r#"{pid="9",comm="ev\x1b[2Jil\n;x<&\\\""}"#.replace("\\x1b", "\x1b");
         assert_eq!(value(&t, &format!("leaktrace_frees_total{l}")), Some(1), "{t}");
         assert_eq!(value(&t, r#"leaktrace_oom_kills_total{comm="a\nb"}"#), Some(1), "{t}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn connections_beyond_the_cap_are_closed_and_counted() {
+        let m = Arc::new(Metrics::default());
+        let server = serve("127.0.0.1:0".parse().unwrap(), m.clone()).await.unwrap();
+        let addr = server.local_addr();
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS + 3 {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        // The server task runs when this one waits: wait for the count, with a deadline.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while m.connections_refused() < 3 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(m.connections_refused(), 3);
+        assert!(m.render_text().contains("leaktrace_metrics_connections_refused_total 3\n"));
+        // Once the idle ones are gone, a scraper is served again.
+        drop(idle);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            // A refused connection may be reset rather than answered: try again then.
+            let resp = tokio::time::timeout(Duration::from_secs(5), async {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+                s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.ok()?;
+                let mut out = String::new();
+                s.read_to_string(&mut out).await.ok()?;
+                Some(out)
+            })
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+            if resp.contains(" 200 OK") {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never served again: {resp}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }

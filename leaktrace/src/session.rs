@@ -1,6 +1,12 @@
 //! A tracing session: the loaded probes, the aggregator, the stack table and the symbolizer,
 //! and the drain that feeds ring records to them. Shared by `trace` and `oom`; what to print and
 //! when is theirs.
+//!
+//! It also owns what an exec does to a traced process: the old image's blocks went with its
+//! address space (they are dropped, not reported: they are no leak of the new program), its
+//! name and mappings change, and a new executable that is its own allocator gets probes. The
+//! C library's probes stay: they are per process and per file, and the new image maps the same
+//! file.
 use std::{collections::HashMap, path::Path, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
@@ -34,6 +40,8 @@ pub struct Session {
     pub stacks: StackTable,
     pub comms: HashMap<u32, String>,
     pub malformed: u64,
+    /// The allocator files (device, inode) probed for each traced process.
+    probed: HashMap<u32, Vec<(u64, u64)>>,
     frames: [u64; MAX_FRAMES],
 }
 
@@ -42,34 +50,67 @@ impl Session {
         let mut agg = Aggregator::new(min_age);
         agg.set_track_all(scope == Scope::All);
         agg.set_sample_rate(tuning.sample_rate);
+        let mut sym = Symbolizer::new();
+        sym.watch_mappings();
         Ok(Session {
             agg,
-            sym: Symbolizer::new(),
+            sym,
             probes: Probes::load(MapSizes { ring_bytes }, scope, tuning)?,
             stacks: StackTable::default(),
             comms: HashMap::new(),
             malformed: 0,
+            probed: HashMap::new(),
             frames: [0; MAX_FRAMES],
         })
     }
 
     /// Starts tracing `pid` through `libs`; returns the number of probes attached.
     pub fn track(&mut self, pid: u32, comm: &str, libs: &[AllocatorLib]) -> Result<usize> {
+        // Before the target's first event: an exec must be seen as soon as it happens.
+        self.probes.attach_exec()?;
         self.probes.add_target(pid)?;
         self.agg.track(Pid(pid));
         self.comms.insert(pid, comm.to_string());
         let mut n = 0;
         for lib in libs {
             n += self.probes.attach_allocator(lib, pid)?;
+            if let Some(id) = file_id(&lib.open_path) {
+                self.probed.entry(pid).or_default().push(id);
+            }
             warn_single_stepped(lib);
         }
         self.sym.track(pid);
         Ok(n)
     }
 
+    /// `pid` exec'd a new image named `comm`.
+    fn exec(&mut self, pid: u32, comm: String) {
+        self.agg.restart(Pid(pid));
+        self.comms.insert(pid, comm);
+        self.sym.reset(pid);
+        // The new executable, when it defines malloc itself (statically linked, say): it is
+        // mapped already, the libraries it loads are not yet. Known by (device, inode): the
+        // path launch mode probed may be a symlink to it.
+        let open = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
+        let (Ok(exe), Some(id)) = (std::fs::read_link(&open), file_id(&open)) else { return };
+        let probed = self.probed.entry(pid).or_default();
+        if probed.contains(&id) {
+            return;
+        }
+        match crate::allocator::inspect_elf(&exe, &open) {
+            Ok(Some(lib)) => match self.probes.attach_allocator(&lib, pid) {
+                Ok(_) => probed.push(id),
+                Err(e) => eprintln!("leaktrace: warning: pid {pid} after exec: {e}"),
+            },
+            Ok(None) => {}
+            Err(e) => eprintln!("leaktrace: warning: pid {pid} after exec: {e}"),
+        }
+    }
+
     /// Stops tracing `pid` and detaches its probes.
     pub fn forget(&mut self, pid: u32) {
         self.probes.forget(pid);
+        self.probed.remove(&pid);
         self.agg.exit(Pid(pid), 0);
         self.sym.forget(pid);
         self.comms.remove(&pid);
@@ -79,6 +120,9 @@ impl Session {
     /// comes up (Some), so that the caller sees it before anything that follows it, e.g. an OOM
     /// victim's report is built before its exit event drops its allocations.
     pub fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Option<Watch> {
+        // Mappings first: a library mapped, leaked through and unloaded since the last drain
+        // is named by its record only.
+        self.sym.absorb_mappings();
         while let Some(item) = ring.next() {
             let d = match intake::decode(&item, &mut self.frames) {
                 Ok(d) => d,
@@ -100,10 +144,12 @@ impl Session {
                 Some(EventKind::Exec) => {
                     let raw = &d.raw[..d.raw.len().min(COMM_LEN)];
                     let end = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
-                    return Some(Watch::Exec {
-                        pid: ev.pid,
-                        comm: String::from_utf8_lossy(&raw[..end]).into_owned(),
-                    });
+                    let comm = String::from_utf8_lossy(&raw[..end]).into_owned();
+                    // In ring order: what follows is the new image's.
+                    if self.agg.is_tracked(Pid(ev.pid)) {
+                        self.exec(ev.pid, comm.clone());
+                    }
+                    return Some(Watch::Exec { pid: ev.pid, comm });
                 }
                 _ => {}
             }
@@ -176,6 +222,13 @@ pub async fn start_metrics(
     })?;
     eprintln!("leaktrace: metrics on http://{}/metrics", handle.local_addr());
     Ok(Some((metrics, handle)))
+}
+
+/// A file's (device, inode), following symlinks (and /proc's magic links).
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino()))
 }
 
 /// Warns about hot allocator entry points the kernel must single-step; rare ones (reallocarray

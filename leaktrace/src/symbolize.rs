@@ -1,19 +1,41 @@
-//! Turning user addresses into function, file and line. Owns the per-process snapshot of
-//! executable mappings (taken while the process lives, refreshed when an address falls outside
-//! it, kept after exit so that an exited process can still be symbolized) and a per-process cache
-//! of resolved addresses. The DWARF/ELF work itself is blazesym's.
+//! Turning user addresses into function, file and line. Owns the per-process record of
+//! executable mappings and a per-process cache of resolved addresses; the DWARF/ELF work itself
+//! is blazesym's.
+//!
+//! The record is taken while the process lives and only ever grows: a re-read (when an address
+//! falls outside it) adds what is new and drops nothing, so a library unloaded (dlclose) after
+//! leaking, or the maps of a process that has exited, still name the code. Each address of a
+//! new stack is pinned to the mapping it fell in when the stack was first seen, so that a range
+//! reused by a library loaded later does not rename it. The files themselves are opened at
+//! report time: through /proc/PID/map_files (the exact file mapped) or /proc/PID/root while the
+//! process lives, by path after. Where perf events can be opened, the kernel's mapping records
+//! ([`crate::mapwatch`]) are added to the record before each drain, so a library unloaded
+//! before leaktrace could read /proc/PID/maps is known too.
+//!
+//! A lookup that fails (the file cannot be opened or read, say for lack of file descriptors) is
+//! not cached, is counted ([`Symbolizer::failures`], reported as `symbolization_failures`), and
+//! is warned about on stderr once per cause.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fs::File,
     io::{Read, Seek, SeekFrom},
     path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
 use blazesym::symbolize::{Input, Symbolized, Symbolizer as Blaze, source::Elf, source::Source};
 
-use crate::report::{Frame, MappingReport};
+use crate::{
+    mapwatch::{MapRecord, MapWatch},
+    report::{Frame, MappingReport},
+};
 
-#[derive(Debug, Clone)]
+/// How often an address outside the record may trigger a re-read of a live process's maps at
+/// report time (a stack whose library was loaded after its last re-read).
+const MISS_REREAD_EVERY: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Mapping {
     start: u64,
     end: u64,
@@ -26,14 +48,43 @@ struct Mapping {
 
 #[derive(Debug, Default)]
 struct ProcSyms {
-    maps: Vec<Mapping>,
+    /// Every executable mapping seen, oldest first; one seen again moves to the end.
+    maps: Vec<Arc<Mapping>>,
+    /// The mapping each address of an interned stack fell in when the stack was first seen.
+    pins: HashMap<u64, Arc<Mapping>>,
     cache: HashMap<u64, Vec<Frame>>,
+    last_miss_reread: Option<Instant>,
+}
+
+impl ProcSyms {
+    /// Adds the mappings of a fresh read; those already known move to the end (newest), so
+    /// that a lookup prefers what is mapped now over what was mapped there before.
+    fn merge(&mut self, fresh: Vec<Mapping>) {
+        for m in fresh {
+            match self.maps.iter().position(|o| **o == m) {
+                Some(i) => {
+                    let known = self.maps.remove(i);
+                    self.maps.push(known);
+                }
+                None => self.maps.push(Arc::new(m)),
+            }
+        }
+    }
+
+    /// The mapping of `addr`: the one pinned for it, else the newest that contains it.
+    fn lookup(&self, addr: u64) -> Option<&Arc<Mapping>> {
+        self.pins.get(&addr).or_else(|| find(&self.maps, addr))
+    }
 }
 
 pub struct Symbolizer {
     blaze: Blaze,
     procs: HashMap<u32, ProcSyms>,
     build_ids: HashMap<String, Option<String>>,
+    failures: u64,
+    /// Causes already warned about (the innermost error's text).
+    warned: HashSet<String>,
+    watch: Option<MapWatch>,
 }
 
 impl Default for Symbolizer {
@@ -48,33 +99,109 @@ impl Symbolizer {
             blaze: Blaze::new(),
             procs: HashMap::new(),
             build_ids: HashMap::new(),
+            failures: 0,
+            warned: HashSet::new(),
+            watch: None,
         }
     }
 
-    /// Snapshots the executable mappings of `pid` (call while it is alive).
+    /// Also takes the kernel's records of executable mappings as they are made (see
+    /// [`crate::mapwatch`]); without perf events, /proc/PID/maps alone is read.
+    pub fn watch_mappings(&mut self) {
+        self.watch = MapWatch::open();
+    }
+
+    /// Adds the mappings recorded since the last call to the records of tracked processes.
+    /// Called before each drain of the event ring, so that a stack's library is known before
+    /// the stack is.
+    pub fn absorb_mappings(&mut self) {
+        let (Some(watch), procs) = (self.watch.as_mut(), &mut self.procs) else { return };
+        let lost_before = watch.lost;
+        watch.drain(|r: MapRecord| {
+            if let Some(p) = procs.get_mut(&r.pid) {
+                p.merge(vec![Mapping {
+                    start: r.start,
+                    end: r.start.saturating_add(r.len),
+                    offset: r.pgoff,
+                    open: PathBuf::from(format!("/proc/{}/root{}", r.pid, r.path)),
+                    path: r.path,
+                }]);
+            }
+        });
+        if lost_before == 0 && watch.lost > 0 {
+            eprintln!(
+                "leaktrace: warning: the kernel dropped {} mapping records (their ring was \
+                 full); a library unloaded right after leaking may show as ??",
+                watch.lost
+            );
+        }
+    }
+
+    /// Addresses that could not be symbolized because a file could not be read (not those
+    /// that no symbol covers).
+    pub fn failures(&self) -> u64 {
+        self.failures
+    }
+
+    /// Adds the executable mappings of `pid` to its record (call while it is alive).
     pub fn track(&mut self, pid: u32) {
-        let maps = read_maps(pid);
-        let p = self.procs.entry(pid).or_default();
-        if !maps.is_empty() {
-            p.maps = maps;
+        match read_maps(pid) {
+            Ok(maps) => self.procs.entry(pid).or_default().merge(maps),
+            // Gone: what was recorded stays.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.procs.entry(pid).or_default();
+            }
+            Err(e) => {
+                self.procs.entry(pid).or_default();
+                self.fail(&format!("pid {pid}: cannot read /proc/{pid}/maps"), &e);
+            }
         }
     }
 
-    /// Re-reads the mappings when one of `addrs` is outside the snapshot (a library loaded after
-    /// attach). Called when a new stack arrives, while the process is still alive.
+    /// Starts `pid`'s record afresh: after an exec its old mappings and cached frames belong
+    /// to an address space that is gone.
+    pub fn reset(&mut self, pid: u32) {
+        self.procs.remove(&pid);
+        self.track(pid);
+    }
+
+    /// Called when a new stack arrives, while the process is still alive: re-reads the
+    /// mappings when one of `addrs` is outside the record (a library loaded since), then pins
+    /// each address to its mapping.
     pub fn note_addresses(&mut self, pid: u32, addrs: &[u64]) {
-        let known = self
-            .procs
-            .get(&pid)
-            .is_some_and(|p| addrs.iter().all(|a| find(&p.maps, *a).is_some()));
-        if !known {
-            self.track(pid);
+        let known = |s: &Self| {
+            s.procs
+                .get(&pid)
+                .is_some_and(|p| addrs.iter().all(|a| p.lookup(*a).is_some()))
+        };
+        if !known(self) {
+            // Mapped since the last drain of the records, or no records: re-read.
+            self.absorb_mappings();
+            if !known(self) {
+                self.track(pid);
+            }
+        }
+        let Some(p) = self.procs.get_mut(&pid) else { return };
+        for &a in addrs {
+            if !p.pins.contains_key(&a)
+                && let Some(m) = find(&p.maps, a)
+            {
+                let m = m.clone();
+                p.pins.insert(a, m);
+            }
         }
     }
 
-    /// The executable mappings of `pid` with their build IDs (read once per file).
+    /// The executable mappings of `pid` with their build IDs (read once per file). Where a
+    /// range was mapped more than once, the newest mapping is listed.
     pub fn mappings(&mut self, pid: u32) -> Vec<MappingReport> {
-        let maps = self.procs.get(&pid).map(|p| p.maps.clone()).unwrap_or_default();
+        let mut maps: Vec<Arc<Mapping>> = Vec::new();
+        for m in self.procs.get(&pid).map(|p| p.maps.as_slice()).unwrap_or_default().iter().rev() {
+            if !maps.iter().any(|o| o.start < m.end && m.start < o.end) {
+                maps.push(m.clone());
+            }
+        }
+        maps.sort_by_key(|m| m.start);
         maps.iter()
             .map(|m| {
                 let build_id = self
@@ -124,16 +251,16 @@ impl Symbolizer {
         if let Some(f) = self.procs.get(&pid).and_then(|p| p.cache.get(&addr)) {
             return f.clone();
         }
-        let frames = self.resolve(pid, addr);
-        self.procs
-            .entry(pid)
-            .or_default()
-            .cache
-            .insert(addr, frames.clone());
+        let (frames, settled) = self.resolve(pid, addr);
+        if settled {
+            self.procs.entry(pid).or_default().cache.insert(addr, frames.clone());
+        }
         frames
     }
 
-    fn resolve(&self, pid: u32, addr: u64) -> Vec<Frame> {
+    /// The frames of `addr`, and whether they are final (false after a failure that may pass,
+    /// so that a later report tries again).
+    fn resolve(&mut self, pid: u32, addr: u64) -> (Vec<Frame>, bool) {
         let unknown = |module: Option<String>| {
             vec![Frame {
                 address: format!("{addr:#x}"),
@@ -141,8 +268,13 @@ impl Symbolizer {
                 ..Frame::default()
             }]
         };
-        let Some(m) = self.procs.get(&pid).and_then(|p| find(&p.maps, addr)) else {
-            return unknown(None);
+        let mut m = self.procs.get(&pid).and_then(|p| p.lookup(addr)).cloned();
+        if m.is_none() && self.may_reread(pid) {
+            self.track(pid);
+            m = self.procs.get(&pid).and_then(|p| p.lookup(addr)).cloned();
+        }
+        let Some(m) = m else {
+            return (unknown(None), true);
         };
         // A return address points after the call; look up the call itself.
         let file_off = addr.saturating_sub(1) - m.start + m.offset;
@@ -150,7 +282,11 @@ impl Symbolizer {
         let src = Source::Elf(Elf::new(path));
         let sym = match self.blaze.symbolize_single(&src, Input::FileOffset(file_off)) {
             Ok(Symbolized::Sym(sym)) => sym,
-            _ => return unknown(Some(m.path.clone())),
+            Ok(_) => return (unknown(Some(m.path.clone())), true),
+            Err(e) => {
+                self.fail(&format!("cannot symbolize addresses in {}", m.path), &e);
+                return (unknown(Some(m.path.clone())), false);
+            }
         };
         let mut frames = Vec::new();
         for inl in sym.inlined.iter().rev() {
@@ -181,8 +317,54 @@ impl Symbolizer {
             module: Some(m.path.clone()),
             inlined: false,
         });
-        frames
+        (frames, true)
     }
+
+    /// Whether an address outside `pid`'s record may re-read its maps now: it is alive and
+    /// was not re-read for a miss within [`MISS_REREAD_EVERY`].
+    fn may_reread(&mut self, pid: u32) -> bool {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return false;
+        }
+        let p = self.procs.entry(pid).or_default();
+        if p.last_miss_reread.is_some_and(|t| t.elapsed() < MISS_REREAD_EVERY) {
+            return false;
+        }
+        p.last_miss_reread = Some(Instant::now());
+        true
+    }
+
+    /// Counts a failure and warns once per cause (the innermost error: "Too many open files"
+    /// and the like), naming the first thing it hit.
+    fn fail(&mut self, what: &str, e: &(dyn std::error::Error + 'static)) {
+        self.failures += 1;
+        let mut cause = e;
+        while let Some(inner) = cause.source() {
+            cause = inner;
+        }
+        if self.warned.insert(cause.to_string()) {
+            eprintln!(
+                "leaktrace: warning: {what}: {}; such frames show as ?? (counted in \
+                 symbolization_failures)",
+                error_chain(e)
+            );
+        }
+    }
+}
+
+/// An error and its sources on one line.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
 }
 
 /// The GNU build ID of an ELF file, hex.
@@ -195,8 +377,9 @@ fn build_id(path: &Path) -> Option<String> {
     Some(id.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn find(maps: &[Mapping], addr: u64) -> Option<&Mapping> {
-    maps.iter().find(|m| m.start <= addr && addr < m.end)
+/// The newest mapping that contains `addr`.
+fn find(maps: &[Arc<Mapping>], addr: u64) -> Option<&Arc<Mapping>> {
+    maps.iter().rev().find(|m| m.start <= addr && addr < m.end)
 }
 
 /// True when the 7 bytes before a return address end with a call: `call rel32` (E8) or an
@@ -208,11 +391,13 @@ fn follows_call(b: &[u8; 7]) -> bool {
 
 /// The executable file mappings of `pid`, each opened through its map_files link (the exact
 /// file, whatever its name).
-fn read_maps(pid: u32) -> Vec<Mapping> {
-    let Ok(maps) = crate::maps::read(pid) else {
-        return Vec::new();
-    };
-    maps.into_iter()
+fn read_maps(pid: u32) -> std::io::Result<Vec<Mapping>> {
+    let maps = crate::maps::read(pid).map_err(|e| match e {
+        crate::maps::MapsError::Read { source, .. } => source,
+        other => std::io::Error::new(std::io::ErrorKind::InvalidData, other.to_string()),
+    })?;
+    Ok(maps
+        .into_iter()
         .filter(|m| m.exec)
         .filter_map(|m| {
             let path = m.file()?.to_string_lossy().into_owned();
@@ -224,7 +409,7 @@ fn read_maps(pid: u32) -> Vec<Mapping> {
                 path,
             })
         })
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]
@@ -271,6 +456,30 @@ mod tests {
         let maps = s.mappings(std::process::id());
         let libc = maps.iter().find(|m| m.path.contains("libc.so")).expect("libc mapped");
         assert_eq!(libc.build_id.as_ref().map(|b| b.len()), Some(40), "{libc:?}");
+    }
+
+    #[test]
+    fn unloaded_mappings_are_kept_and_pins_survive_reuse() {
+        let m = |start: u64, path: &str| Mapping {
+            start,
+            end: start + 0x1000,
+            offset: 0,
+            path: path.into(),
+            open: PathBuf::from(path),
+        };
+        let mut p = ProcSyms::default();
+        p.merge(vec![m(0x1000, "/a.so"), m(0x8000, "/exe")]);
+        let a = find(&p.maps, 0x1800).unwrap().clone();
+        p.pins.insert(0x1800, a);
+        // a.so unloaded, b.so loaded where it was: the record keeps both.
+        p.merge(vec![m(0x1000, "/b.so"), m(0x8000, "/exe")]);
+        assert_eq!(p.maps.len(), 3);
+        assert_eq!(p.lookup(0x1800).unwrap().path, "/a.so", "pinned");
+        assert_eq!(p.lookup(0x1900).unwrap().path, "/b.so", "newest");
+        // a.so loaded again at the same place: it is the newest again.
+        p.merge(vec![m(0x1000, "/a.so")]);
+        assert_eq!(p.maps.len(), 3);
+        assert_eq!(p.lookup(0x1900).unwrap().path, "/a.so");
     }
 
     #[test]

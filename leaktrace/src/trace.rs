@@ -229,7 +229,7 @@ struct Loop<'a> {
 
 impl Loop<'_> {
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
-        // `trace` attaches no OOM or exec tracepoint, so nothing comes back to handle.
+        // `trace` attaches no OOM tracepoint, and the session handles execs itself.
         while self.session.drain(ring).is_some() {}
     }
 

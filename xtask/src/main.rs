@@ -5,8 +5,10 @@
 mod bench;
 mod build;
 mod demo;
+mod harness;
 mod process;
 mod setup;
+mod soak;
 mod test;
 mod workspace;
 
@@ -45,6 +47,13 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// Build, then trace the churn fixture for a long while (10 minutes by default) and check that
+    /// leaktrace's memory stays flat and that no event is lost. Not run in CI.
+    Soak {
+        /// How long to trace, in minutes (at least 3: the first two are the warm-up).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(3..))]
+        minutes: u64,
+    },
     /// Build, then run the whole workspace's tests serially (they attach real probes).
     ///
     /// Arguments after `--` go to `cargo test`; a second `--` separates arguments for the
@@ -62,6 +71,7 @@ fn main() -> ExitCode {
         Command::Build => build::run().map(|()| ExitCode::SUCCESS),
         Command::Demo { seconds } => demo::run(seconds),
         Command::Bench { quick } => bench::run(quick),
+        Command::Soak { minutes } => soak::run(minutes),
         Command::Test { args } => test::run(&args),
     };
     outcome.unwrap_or_else(|err| {

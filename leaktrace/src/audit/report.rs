@@ -240,6 +240,7 @@ impl AuditReport {
             sampled_set_full: self.sampled_set_full,
             estimate_unreliable: self.estimate_unreliable,
             estimate_unreliable_reason: self.estimate_unreliable_reason.clone(),
+            symbolization_failures: 0,
             events: 0,
             group_by: crate::config::GroupBy::Stack,
             sample_rate: self.sample_rate,

@@ -138,6 +138,7 @@ impl OomReport {
             stack_errors: self.stack_errors,
             missed_returns: 0,
             malformed_events: 0,
+            symbolization_failures: 0,
             sampled_set_full: 0,
             estimate_unreliable: false,
             estimate_unreliable_reason: None,

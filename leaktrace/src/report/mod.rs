@@ -134,6 +134,14 @@ pub struct Report {
     pub group_by: GroupBy,
     /// Byte-sampling rate (null: every allocation is traced).
     pub sample_rate: Option<u64>,
+    /// Addresses shown as ?? because their file could not be read (out of file descriptors,
+    /// say); each cause was warned about once on stderr. Absent when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub symbolization_failures: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Inputs needed to build a report besides the aggregator.
@@ -190,6 +198,7 @@ pub fn build(
         stack_errors: ctx.counters.stack_errors,
         missed_returns: ctx.counters.missed_returns + ctx.counters.pending_full,
         malformed_events: ctx.malformed,
+        symbolization_failures: sym.failures(),
     }
 }
 

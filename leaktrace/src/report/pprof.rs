@@ -536,6 +536,7 @@ mod tests {
             stack_errors: 0,
             missed_returns: 0,
             malformed_events: 0,
+            symbolization_failures: 0,
             sampled_set_full: 0,
             estimate_unreliable: false,
             estimate_unreliable_reason: None,

@@ -58,7 +58,15 @@ pub fn render(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
         "lost events: {}  stack errors: {}  missed returns: {}  malformed events: {}  \
          sampled set full: {}",
         r.lost_events, r.stack_errors, r.missed_returns, r.malformed_events, r.sampled_set_full
-    )
+    )?;
+    if r.symbolization_failures > 0 {
+        writeln!(
+            out,
+            "symbolization failures: {} (frames shown as ??; see the warning above)",
+            r.symbolization_failures
+        )?;
+    }
+    Ok(())
 }
 
 pub fn stack(out: &mut dyn Write, n: usize, s: &StackReport) -> std::io::Result<()> {
