@@ -439,7 +439,7 @@ fn diff_text_shows_hostile_names_escaped() {
         serde_json::json!({
             "report": "final",
             "processes": [{
-                "pid": 7, "comm": COMM, "leaked_bytes": bytes,
+                "pid": 7, "comm": COMM, "leaked_bytes": bytes, "outstanding_bytes": bytes,
                 "stacks": [{
                     "kind": "heap", "bytes": bytes, "count": 1,
                     "frames": [{

@@ -160,7 +160,7 @@ fn diff_of_two_saved_reports() {
     let text = leaktrace().arg("diff").arg(&old).arg(&new).output().unwrap();
     assert!(String::from_utf8_lossy(&text.stdout).contains("leak_big_malloc"));
     let other = tmp("diff-other.json");
-    std::fs::write(&other, r#"{"processes":[{"comm":"other","stacks":[]}]}"#).unwrap();
+    std::fs::write(&other, r#"{"processes":[{"pid":1,"comm":"other","leaked_bytes":0,"outstanding_bytes":0,"stacks":[]}]}"#).unwrap();
     let bad = leaktrace().arg("diff").arg(&old).arg(&other).output().unwrap();
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("share no process"));

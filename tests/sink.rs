@@ -364,7 +364,7 @@ fn closed_stdout_exits_0_in_every_format() {
 fn diff_json_to_a_closed_pipe_exits_0() {
     let d = fresh_dir("diff");
     let a = d.join("a.json");
-    std::fs::write(&a, r#"{"processes":[{"comm":"x","stacks":[]}]}"#).unwrap();
+    std::fs::write(&a, r#"{"processes":[{"pid":1,"comm":"x","leaked_bytes":0,"outstanding_bytes":0,"stacks":[]}]}"#).unwrap();
     for format in ["text", "json"] {
         let out = leaktrace()
             .arg("diff")

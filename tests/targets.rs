@@ -297,7 +297,7 @@ const LEAKY: &[(&str, u64, u64)] = &[
 
 /// leaky.c copied to `lt<NL>bad<FF>` (a newline and a byte that is not UTF-8) in a fresh directory.
 fn hostile_copy_of_leaky() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hostile");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hostile-path");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let exe = dir.join(OsStr::from_bytes(b"lt\nbad\xff"));

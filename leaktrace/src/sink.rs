@@ -95,6 +95,10 @@ enum Target {
         name: OsString,
         /// The file this run created and how long it is, once the first report is in.
         current: Option<(File, u64)>,
+        /// A descriptor held in reserve (`/dev/null`) and given up just before a temporary is
+        /// created: a tracer whose descriptors ran out (idle metrics clients, many targets)
+        /// still writes its report.
+        spare: Option<File>,
     },
 }
 
@@ -143,6 +147,7 @@ impl Sink {
                     dir,
                     name,
                     current: None,
+                    spare: File::open("/dev/null").ok(),
                 }
             }
             Some((libc::S_IFLNK, link)) if dir.trusted_link(&link) => {
@@ -189,9 +194,19 @@ impl Sink {
                 o.write_all(doc).and_then(|()| o.flush())
             }
             Target::InPlace(f) => f.write_all(doc),
-            Target::Regular { dir, name, current } => match (self.mode, current.as_mut()) {
+            Target::Regular {
+                dir,
+                name,
+                current,
+                spare,
+            } => match (self.mode, current.as_mut()) {
                 (Mode::Append, Some((f, len))) => append(f, len, doc),
-                _ => dir.replace(name, doc).map(|f| *current = Some((f, doc.len() as u64))),
+                _ => {
+                    drop(spare.take());
+                    let done = dir.replace(name, doc).map(|f| *current = Some((f, doc.len() as u64)));
+                    *spare = File::open("/dev/null").ok();
+                    done
+                }
             },
         };
         match res {
