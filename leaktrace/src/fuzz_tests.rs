@@ -236,7 +236,7 @@ proptest! {
     fn durations_round_trip(ms in 0u64..1_000_000_000_000) {
         let d = config::parse_duration(&format!("{ms}ms")).unwrap();
         let want = Duration::from_millis(ms);
-        let diff = if d > want { d - want } else { want - d };
+        let diff = d.abs_diff(want);
         prop_assert!(diff < Duration::from_micros(1), "{ms}ms -> {d:?}");
         let s = config::parse_duration(&format!("{}s", ms / 1000)).unwrap();
         prop_assert_eq!(s, Duration::from_secs(ms / 1000));
