@@ -35,7 +35,7 @@ fn main() {
         }
         // Usage errors: one line, like every other error (clap's own span several).
         Err(e) => {
-            eprintln!("leaktrace: {}", leaktrace::config::usage_line(&e, &args));
+            eprintln!("leaktrace: {}", leaktrace::cli_error::usage_line(&e, &args));
             std::process::exit(EXIT_USAGE);
         }
     };
