@@ -80,6 +80,9 @@ pub enum SavedError {
     #[error("{path}: not JSON ({why}): give a file written by `leaktrace trace --format json` or \
              `leaktrace audit --format json`")]
     NotJson { path: String, why: String },
+    #[error("{path}: not a leaktrace report ({why}): give a file written by \
+             `leaktrace trace --format json` or `leaktrace audit --format json`")]
+    NotAReport { path: String, why: String },
     #[error("{path}: field {field}: {why}: is it a report written by this version of leaktrace?")]
     Field { path: String, field: String, why: String },
     #[error("{path}: empty: give a file written by `leaktrace trace --format json` or \
@@ -160,9 +163,9 @@ fn classify(name: &str, e: serde_path_to_error::Error<serde_json::Error>) -> Sav
             path,
             why: inner.to_string(),
         },
-        Category::Data if field == "." => SavedError::NotJson {
+        Category::Data if field == "." => SavedError::NotAReport {
             path,
-            why: format!("not a leaktrace report: {inner}"),
+            why: inner.to_string(),
         },
         Category::Data => SavedError::Field {
             path,
