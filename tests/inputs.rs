@@ -116,7 +116,11 @@ fn diff_of_dev_zero_is_refused() {
 #[test]
 fn diff_of_dev_urandom_is_refused() {
     let out = run(leaktrace().arg("diff").arg(good()).arg("/dev/urandom"));
-    assert_usage_error(&out, &["/dev/urandom", "not JSON"]);
+    assert_usage_error(&out, &["/dev/urandom"]);
+    // Refused for what its first bytes are (not JSON, or a number or string where a report
+    // belongs), never read on until memory or the limit runs out.
+    let err = &out.stderr;
+    assert!(!err.contains("cannot read it") && !err.contains("larger than"), "{err}");
 }
 
 /// A FIFO whose writer never stops (whitespace, which a JSON reader skips forever): the read
@@ -213,4 +217,30 @@ fn baseline_over_the_limit_names_the_option() {
         .args(["--max-input-size", "1MiB", "--baseline"])
         .arg(&big));
     assert_usage_error(&out, &["--baseline", big.to_str().unwrap(), "1.0 MiB", "--max-input-size"]);
+}
+
+/// A process's command line is whatever it was started with (up to the kernel's argument
+/// limit, which `ulimit -s` raises): a snapshot reads at most 256 KiB of it and says so.
+#[test]
+fn a_huge_command_line_is_capped_and_the_cap_said() {
+    // One argument may be at most 128 KiB (MAX_ARG_STRLEN): three make 300 KiB.
+    let big = "x".repeat(100 << 10);
+    let mut sh = Command::new("sh")
+        .args(["-c", "sleep 60; :", "sh", &big, &big, &big])
+        .spawn()
+        .unwrap();
+    // spawn returns after the exec: /proc/PID/cmdline already holds the new arguments.
+    let snap = leaktrace::procinfo::snapshot(sh.id());
+    sh.kill().unwrap();
+    wait_with_timeout(&mut sh);
+    let args = snap.cmdline.expect("a command line");
+    // The arguments and the NULs between them.
+    let len: usize = args.iter().map(|a| a.len()).sum::<usize>() + args.len() - 1;
+    assert!(len <= 256 << 10, "read {len} bytes");
+    assert_eq!(args[..3], ["sh", "-c", "sleep 60; :"]);
+    assert!(
+        snap.unavailable.iter().any(|u| u.starts_with("cmdline: longer than 256.0 KiB")),
+        "{:?}",
+        snap.unavailable
+    );
 }

@@ -2,6 +2,7 @@
 pub mod aggregate;
 pub mod allocator;
 pub mod audit;
+pub mod cli_error;
 pub mod config;
 pub mod diff;
 pub mod error;

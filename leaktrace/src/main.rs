@@ -37,7 +37,7 @@ fn main() {
         }
         // Usage errors: one line, like every other error (clap's own span several).
         Err(e) => {
-            eprintln!("leaktrace: {}", leaktrace::config::usage_line(&e, &args));
+            eprintln!("leaktrace: {}", leaktrace::cli_error::usage_line(&e, &args));
             std::process::exit(EXIT_USAGE);
         }
     };

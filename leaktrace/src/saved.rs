@@ -80,9 +80,9 @@ pub enum SavedError {
     #[error("{path}: not JSON ({why}): give a file written by `leaktrace trace --format json` or \
              `leaktrace audit --format json`")]
     NotJson { path: String, why: String },
-    #[error("{path}: JSON, but not a leaktrace report ({why}): give a file written by \
+    #[error("{path}: not a leaktrace report ({why}): give a file written by \
              `leaktrace trace --format json` or `leaktrace audit --format json`")]
-    NotReport { path: String, why: String },
+    NotAReport { path: String, why: String },
     #[error("{path}: field {field}: {why}: is it a report written by this version of leaktrace?")]
     Field { path: String, field: String, why: String },
     #[error("{path}: empty: give a file written by `leaktrace trace --format json` or \
@@ -163,7 +163,7 @@ fn classify(name: &str, e: serde_path_to_error::Error<serde_json::Error>) -> Sav
             path,
             why: inner.to_string(),
         },
-        Category::Data if field == "." => SavedError::NotReport {
+        Category::Data if field == "." => SavedError::NotAReport {
             path,
             why: inner.to_string(),
         },
@@ -222,9 +222,9 @@ mod tests {
         let e = r(&doc("1").replace("\"comm\":\"svc\",", ""), 1 << 20).unwrap_err().to_string();
         assert!(e.contains("missing field `comm`"), "{e}");
         let e = r("5", 1 << 20).unwrap_err();
-        assert!(matches!(e, SavedError::NotReport { .. }), "{e}");
-        let e = r(r#"{"x":1}"#, 1 << 20).unwrap_err().to_string();
-        assert!(e.contains("JSON, but not a leaktrace report") && e.contains("`processes`"), "{e}");
+        assert!(matches!(e, SavedError::NotAReport { .. }), "{e}");
+        let e = r(r#"{"x":1}"#, 1 << 20).unwrap_err();
+        assert!(matches!(e, SavedError::NotAReport { .. }) && e.to_string().contains("`processes`"), "{e}");
         assert!(matches!(r("", 10).unwrap_err(), SavedError::Empty { .. }));
         assert!(matches!(r("   \n", 10).unwrap_err(), SavedError::Empty { .. }));
         let e = r(&format!("{}\n{{\"processes\":[", doc("1")), 1 << 20).unwrap_err();

@@ -280,19 +280,19 @@ struct BaseProc {
 /// Reads an earlier audit's JSON (at most `limit` bytes, typed: see `saved`); anything else is
 /// refused with a clear message.
 pub fn load_baseline(path: &Path, limit: u64) -> Result<Baseline> {
-    let not_audit = || {
+    let not_audit = |why: &str| {
         Error::Usage(format!(
-            "--baseline {}: not an audit report: give a file written by \
+            "--baseline {}: not an audit report ({why}): give a file written by \
              `leaktrace audit --format json`",
             path.display()
         ))
     };
     let report = crate::saved::load(path, limit).map_err(|e| match e {
-        crate::saved::SavedError::NotReport { .. } => not_audit(),
+        crate::saved::SavedError::NotAReport { why, .. } => not_audit(&why),
         e => Error::Usage(format!("--baseline {e}")),
     })?;
     if !report.is_audit() {
-        return Err(not_audit());
+        return Err(not_audit("no duration_s"));
     }
     let mut out = HashMap::new();
     for p in report.processes {
