@@ -6,14 +6,13 @@
 mod common;
 
 use std::{
-    io::Read,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
 };
 
 use serde_json::Value;
 
-use common::{Lines, leaktrace, wait_with_timeout};
+use common::{Lines, leaktrace};
 
 /// rate_leaker's default: 10 blocks of 64 KiB a second.
 const LEAK_RATE: f64 = 10.0 * 65536.0;
@@ -58,23 +57,7 @@ fn tmp(name: &str) -> PathBuf {
 /// Runs `leaktrace audit ARGS...` (the groups joined) to completion; returns its status and stderr.
 /// Full tracking (`--sample-rate 0`): the rates are compared with known ones within 10%.
 fn audit(args: &[&[&str]]) -> (ExitStatus, String) {
-    let mut lt = leaktrace()
-        .args(["audit", "--sample-rate", "0"])
-        .args(args.concat())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = lt.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let st = wait_with_timeout(&mut lt);
-    let err = reader.join().unwrap();
-    assert!(!err.contains("panicked"), "panic: {err}");
-    (st, err)
+    common::status_and_stderr(leaktrace().args(["audit", "--sample-rate", "0"]).args(args.concat()))
 }
 
 /// The options that write the report as JSON to `out`.

@@ -55,8 +55,8 @@ fn check_victim(r: &serde_json::Value, pid: u32, cg: &Cgroup) {
     assert_eq!(v["comm"], "oomleak");
     let anon = v["anon_rss_kb"].as_u64().unwrap() * 1024;
     assert!(anon > LIMIT * 3 / 4 && anon <= LIMIT + (4 << 20), "anon rss {anon} vs limit {LIMIT}");
-    assert_eq!(v["cgroup"], cg.name());
-    assert_eq!(r["memcg"]["path"], cg.name());
+    assert_eq!(v["cgroup"], cg.name(), "{r:#}");
+    assert_eq!(r["memcg"]["path"], cg.name(), "{r:#}");
     assert_eq!(r["memcg"]["limit_bytes"], LIMIT);
     assert_eq!(r["oom_scope"], "cgroup");
     assert!(r["top_consumers"].as_array().is_some_and(|c| !c.is_empty()));
@@ -125,6 +125,38 @@ fn untracked_victim_still_gets_a_report() {
     check_victim(&rs[0], pid, &cg);
     assert_eq!(rs[0]["tracked"], false);
     assert_eq!(rs[0]["stacks"].as_array().unwrap().len(), 0);
+}
+
+/// A victim killed and reaped while the watcher was stopped (so its /proc entry is gone, and a
+/// zombie's would say "/" anyway): the report still names its memory cgroup, from the cgroup's
+/// oom_kill counter, and says how it knows.
+#[test]
+fn a_victim_gone_before_the_watcher_looks_is_still_placed_in_its_cgroup() {
+    require_kernel!();
+    let cg = match Cgroup::new("gone") {
+        Ok(c) => c,
+        Err(why) => return eprintln!("SKIPPED a_victim_gone_before_the_watcher_looks: {why}"),
+    };
+    let exe = common::fixture("oomleak", &[]);
+    let dir = report_dir("oom-gone");
+    let (mut lt, _err) = start_watcher(&dir, &["--once"]);
+    // SAFETY: signals to our own child.
+    unsafe { libc::kill(lt.id() as i32, libc::SIGSTOP) };
+    let mut fx = cg.spawn(&exe, &[]);
+    let pid = fx.id();
+    wait_with_timeout(&mut fx);
+    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "the victim is reaped");
+    unsafe { libc::kill(lt.id() as i32, libc::SIGCONT) };
+    assert!(wait_with_timeout(&mut lt).success());
+    let rs = reports(&dir, "oom_kill");
+    assert_eq!(rs.len(), 1);
+    let r = &rs[0];
+    assert_eq!(r["victim"]["pid"], pid);
+    assert_eq!(r["victim"]["cgroup"], cg.name(), "{r:#}");
+    assert_eq!(r["memcg"]["limit_bytes"], LIMIT, "{r:#}");
+    assert_eq!(r["oom_scope"], "cgroup", "{r:#}");
+    let said = r["proc"]["unavailable"].to_string();
+    assert!(said.contains("oom_kill counter rose"), "{said}");
 }
 
 #[test]

@@ -8,7 +8,7 @@ mod common;
 use std::{
     collections::BTreeMap,
     ffi::OsStr,
-    io::{Read, Write},
+    io::Write,
     os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, ExitStatus, Stdio},
@@ -93,22 +93,7 @@ fn spawn(args: &[&str]) -> (Child, Lines) {
 
 /// Runs `leaktrace ARGS` to completion: its status and stderr.
 fn run(args: &[&str]) -> (ExitStatus, String) {
-    let mut lt = leaktrace()
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = lt.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let st = wait_with_timeout(&mut lt);
-    let err = reader.join().unwrap();
-    assert!(!err.contains("panicked"), "panic: {err}");
-    (st, err)
+    common::status_and_stderr(leaktrace().args(args))
 }
 
 fn sigint(child: &Child) {
@@ -118,23 +103,7 @@ fn sigint(child: &Child) {
 
 /// (count, bytes) per function of the fixture named in the frames' module.
 fn sites_in(report: &Value, module_has: &str) -> BTreeMap<String, (u64, u64)> {
-    let mut out = BTreeMap::new();
-    for p in report["processes"].as_array().expect("processes[]") {
-        for s in p["stacks"].as_array().expect("stacks[]") {
-            let site = s["frames"]
-                .as_array()
-                .expect("frames[]")
-                .iter()
-                .find(|f| f["module"].as_str().is_some_and(|m| m.contains(module_has)))
-                .and_then(|f| f["function"].as_str())
-                .unwrap_or("<outside fixture>")
-                .to_string();
-            let e = out.entry(site).or_insert((0, 0));
-            e.0 += s["count"].as_u64().expect("count");
-            e.1 += s["bytes"].as_u64().expect("bytes");
-        }
-    }
-    out
+    common::sites_by(report, |m| m.contains(module_has))
 }
 
 fn check_fixture_sites(report: &Value, pid: u32) {
@@ -305,26 +274,13 @@ fn hostile_copy_of_leaky() -> PathBuf {
     exe
 }
 
-/// Starts `exe wait` (leaky.c) and returns it after its "ready" line.
-fn start_leaky_at(exe: &Path) -> (Child, Lines) {
-    let mut fx = Command::new(exe)
-        .arg("wait")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = Lines::new(fx.stdout.take().unwrap());
-    lines.wait_for("ready pid=");
-    (fx, lines)
-}
-
 /// Item 13: a process whose executable path holds a newline and invalid UTF-8 is traced with
 /// the exact sites.
 #[test]
 fn hostile_executable_path_is_traced_exactly() {
     require_kernel!();
     let exe = hostile_copy_of_leaky();
-    let (mut fx, fx_out) = start_leaky_at(&exe);
+    let (mut fx, fx_out) = common::start_waiting(&exe);
     let pid = fx.id().to_string();
     let out = tmp("hostile.json");
     let (mut lt, err) = spawn(&[
@@ -354,7 +310,7 @@ fn audit_goes_on_past_a_process_that_fails() {
     require_kernel!();
     let good = Fixture::start();
     let hostile = hostile_copy_of_leaky();
-    let (mut hostile_fx, _h_out) = start_leaky_at(&hostile);
+    let (mut hostile_fx, _h_out) = common::start_waiting(&hostile);
     let nomalloc = common::fixture("nomalloc", &["-nostdlib", "-static"]);
     let mut bad = Command::new(&nomalloc).stdout(Stdio::piped()).spawn().unwrap();
     let bad_out = Lines::new(bad.stdout.take().unwrap());

@@ -178,16 +178,7 @@ fn min_age_hides_young_blocks() {
 
 /// Starts `leaky wait` and returns it with its stdout lines, after its "ready" line.
 fn start_waiting_fixture() -> (std::process::Child, Lines) {
-    let leaky = common::fixture("leaky", &[]);
-    let mut fx = std::process::Command::new(&leaky)
-        .arg("wait")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = Lines::new(fx.stdout.take().unwrap());
-    lines.wait_for("ready pid=");
-    (fx, lines)
+    common::start_waiting(&common::fixture("leaky", &[]))
 }
 
 #[test]

@@ -225,15 +225,15 @@ pub(crate) fn parse_cgroup(text: &str) -> CgroupPaths {
 /// One mount of a cgroup hierarchy: `root` is the directory of the hierarchy that appears
 /// at `mount_point` ("/" normally, a subdirectory inside some containers).
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct CgroupMount {
-    root: String,
-    mount_point: PathBuf,
+pub(crate) struct CgroupMount {
+    pub(crate) root: String,
+    pub(crate) mount_point: PathBuf,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct CgroupMounts {
-    memory_v1: Vec<CgroupMount>,
-    unified: Vec<CgroupMount>,
+    pub(crate) memory_v1: Vec<CgroupMount>,
+    pub(crate) unified: Vec<CgroupMount>,
 }
 
 /// Finds the v1 memory controller and cgroup2 mounts in mountinfo text. Looked up rather
@@ -334,7 +334,7 @@ fn read_u64(p: &Path) -> Option<u64> {
     fs::read_to_string(p).ok()?.trim().parse().ok()
 }
 
-fn keyed_file(p: &Path, key: &str) -> Option<u64> {
+pub(crate) fn keyed_file(p: &Path, key: &str) -> Option<u64> {
     keyed_u64(&fs::read_to_string(p).ok()?, key)
 }
 

@@ -119,6 +119,14 @@ pub fn wait_with_timeout(child: &mut Child) -> ExitStatus {
 
 /// (count, bytes) per leak site: the first frame in `module_suffix` names the site.
 pub fn sites(report: &serde_json::Value, module_suffix: &str) -> BTreeMap<String, (u64, u64)> {
+    sites_by(report, |m| m.ends_with(module_suffix))
+}
+
+/// (count, bytes) per leak site: the first frame whose module `in_fixture` accepts names it.
+pub fn sites_by(
+    report: &serde_json::Value,
+    in_fixture: impl Fn(&str) -> bool,
+) -> BTreeMap<String, (u64, u64)> {
     let mut out = BTreeMap::new();
     for p in report["processes"].as_array().expect("processes[]") {
         for s in p["stacks"].as_array().expect("stacks[]") {
@@ -126,7 +134,7 @@ pub fn sites(report: &serde_json::Value, module_suffix: &str) -> BTreeMap<String
                 .as_array()
                 .expect("frames[]")
                 .iter()
-                .find(|f| f["module"].as_str().is_some_and(|m| m.ends_with(module_suffix)))
+                .find(|f| f["module"].as_str().is_some_and(&in_fixture))
                 .and_then(|f| f["function"].as_str())
                 .unwrap_or("<outside fixture>")
                 .to_string();
@@ -136,6 +144,40 @@ pub fn sites(report: &serde_json::Value, module_suffix: &str) -> BTreeMap<String
         }
     }
     out
+}
+
+/// Starts `exe wait` (leaky.c, or a copy of it) and returns it after its "ready pid=" line; it
+/// runs until its stdin closes.
+pub fn start_waiting(exe: &Path) -> (Child, Lines) {
+    let mut fx = Command::new(exe)
+        .arg("wait")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Lines::new(fx.stdout.take().unwrap());
+    lines.wait_for("ready pid=");
+    (fx, lines)
+}
+
+/// Runs `cmd` (leaktrace) to its end with stdout discarded: its exit status and stderr, which
+/// must hold no panic.
+pub fn status_and_stderr(cmd: &mut Command) -> (ExitStatus, String) {
+    let mut lt = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = lt.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let st = wait_with_timeout(&mut lt);
+    let err = reader.join().unwrap();
+    assert!(!err.contains("panicked"), "panic: {err}");
+    (st, err)
 }
 
 /// The last JSON document of a JSON Lines file.

@@ -5,6 +5,7 @@
 //! itself is the `Session`'s; /proc and cgroup reading is `procinfo`'s; the report model is
 //! `report`'s; the queue of unwritten reports is `held`'s; decoding renames is `rename`'s.
 mod held;
+mod kills;
 mod rename;
 pub mod report;
 
@@ -73,6 +74,8 @@ struct Watcher<'a> {
     rename_layout: Option<Layout>,
     /// Reports waiting for the directory to take them.
     held: Held<Unwritten>,
+    /// Every memory cgroup's oom_kill counter: names the cgroup of a victim gone too fast.
+    kills: kills::KillCounts,
     reports: usize,
     done: bool,
     metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
@@ -130,6 +133,7 @@ pub async fn run(cfg: OomConfig) -> Result<()> {
         untracked: HashMap::new(),
         rename_layout,
         held: Held::new(MAX_HELD),
+        kills: kills::KillCounts::read(),
         reports: 0,
         done: false,
         metrics: metrics.as_ref().map(|(m, _)| m.clone()),
@@ -471,7 +475,19 @@ impl Watcher<'_> {
             return;
         };
         // First, before the victim's /proc entry goes.
-        let proc = procinfo::snapshot(pid);
+        let mut proc = procinfo::snapshot(pid);
+        // Every kill moves the record on, whether or not this one needs it.
+        let charged = self.kills.rose();
+        if !kills::is_known(proc.cgroup.as_ref())
+            && let Some(c) = charged
+        {
+            proc.unavailable.push(
+                "cgroup: the victim had exited; its memory cgroup is the one whose oom_kill \
+                 counter rose"
+                    .into(),
+            );
+            proc.cgroup = Some(c);
+        }
         let kb = |name| l.int(raw, name).and_then(|v| u64::try_from(v).ok());
         let mut missing = Vec::new();
         for f in [
@@ -525,7 +541,7 @@ impl Watcher<'_> {
             if proc.cmdline.is_none() {
                 proc.cmdline = t.snapshot.cmdline.clone();
             }
-            if proc.cgroup.is_none() {
+            if !kills::is_known(proc.cgroup.as_ref()) {
                 proc.cgroup = t.snapshot.cgroup.clone();
             }
             if victim.comm.is_empty() {
