@@ -16,6 +16,9 @@ use object::{Architecture, Object, ObjectSegment, ObjectSymbol, ReadRef, SymbolF
 use crate::maps::{self, MapsError};
 use crate::prologue::{MAX_PROLOGUE_BYTES, choose_probe_offset};
 
+/// How much of a function is searched for branches back into its prologue.
+const MAX_FUNCTION_BYTES: u64 = 64 << 10;
+
 /// An allocation or deallocation function leaktrace probes, by its C name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum AllocFn {
@@ -249,10 +252,13 @@ pub fn inspect_elf(
             address,
         };
         let (symbol_offset, bytes_in_file) = file_offset(&elf, address).ok_or_else(not_found)?;
-        let mut len = bytes_in_file.min(MAX_PROLOGUE_BYTES as u64);
-        if size > 0 {
-            len = len.min(size);
-        }
+        // The whole function when its size is known, so that branches back into the
+        // prologue are seen (capped: allocator entry points are small).
+        let len = bytes_in_file.min(if size > 0 {
+            size.min(MAX_FUNCTION_BYTES)
+        } else {
+            MAX_PROLOGUE_BYTES as u64
+        });
         let code = usize::try_from(symbol_offset)
             .ok()
             .zip(usize::try_from(len).ok())

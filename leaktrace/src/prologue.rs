@@ -60,11 +60,44 @@ pub struct ProbeSite {
 /// When no emulated instruction is reachable this returns offset 0 with
 /// `emulated: false`, which is always correct, only slower.
 ///
-/// One thing this cannot see from the prologue alone: a branch elsewhere that jumps to
-/// an address between offset 0 and the chosen one would make the probe fire twice in
-/// one call. Compiled prologues do not branch back into themselves, so it is not
-/// checked.
+/// A branch elsewhere in the function that jumps into `1..=offset` would make the probe
+/// fire twice in one call (or fire with other arguments). `code` may hold the whole function
+/// (as much as is known of it): every direct branch in it is checked, and offset 0 is kept
+/// when one lands there. Indirect jumps cannot be checked; compilers aim them at switch
+/// cases and other functions, never back into a prologue.
 pub fn choose_probe_offset(code: &[u8], arguments: &[usize]) -> ProbeSite {
+    let site = walk_prologue(code, arguments);
+    if site.offset > 0 && branched_into(code, site.offset) {
+        let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
+        return ProbeSite {
+            offset: 0,
+            emulated: false,
+            instruction: describe(&decoder.decode()),
+            cookie: 0,
+        };
+    }
+    site
+}
+
+/// Whether a direct jump, conditional jump or call in `code` (decoded linearly from offset 0)
+/// targets an offset in `1..=offset`.
+fn branched_into(code: &[u8], offset: u64) -> bool {
+    let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
+    let mut instr = Instruction::default();
+    while decoder.can_decode() {
+        decoder.decode_out(&mut instr);
+        let direct = matches!(
+            instr.op0_kind(),
+            OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64
+        );
+        if direct && (1..=offset).contains(&instr.near_branch_target()) {
+            return true;
+        }
+    }
+    false
+}
+
+fn walk_prologue(code: &[u8], arguments: &[usize]) -> ProbeSite {
     let window = &code[..code.len().min(MAX_PROLOGUE_BYTES)];
     let mut decoder = Decoder::with_ip(64, window, 0, DecoderOptions::NONE);
     let mut info = InstructionInfoFactory::new();
@@ -444,6 +477,23 @@ mod tests {
         // A 32-bit move is no copy of the 64-bit value: mov eax, edi; mov rdi, rbx; nop
         let code = [0x89, 0xf8, 0x48, 0x89, 0xdf, 0x90];
         assert_eq!(choose_probe_offset(&code, &[0]).offset, 0);
+    }
+
+    #[test]
+    fn a_branch_back_into_the_skipped_prologue_keeps_offset_0() {
+        // mov rcx, rdi; test rdi, rdi; je +0xb; nop x3; then a jmp back into the prologue
+        let mut code = vec![0x48, 0x89, 0xf9, 0x48, 0x85, 0xff, 0x74, 0x03, 0x90, 0x90, 0x90];
+        assert_eq!(choose_probe_offset(&code, &[0]).offset, 6);
+        code.extend([0xeb, 0xf6]); // jmp from 0xb to 3
+        assert_eq!(choose_probe_offset(&code, &[0]), site(0, false, "mov rcx, rdi"));
+        // A loop back to the probed instruction itself would fire it twice too.
+        code.truncate(11);
+        code.extend([0xeb, 0xf9]); // jmp from 0xb to 6
+        assert_eq!(choose_probe_offset(&code, &[0]).offset, 0);
+        // A jump to the entry is a new call: fine.
+        code.truncate(11);
+        code.extend([0xeb, 0xf3]); // jmp from 0xb to 0
+        assert_eq!(choose_probe_offset(&code, &[0]).offset, 6);
     }
 
     #[test]
