@@ -431,7 +431,10 @@ mod tests {
         // rsi is pt_regs slot 13.
         assert_eq!(choose_probe_offset(&code, &[0]), moved(site(0x15, true, "ja +0x40"), 14));
         // A function that also read rsi could not skip the copy into it.
-        assert_eq!(choose_probe_offset(&code, &[0, 1]).offset, 0);
+        assert_eq!(
+            choose_probe_offset(&code, &[0, 1]),
+            site(0, false, "mov rax, qword [rip+0xb449]")
+        );
     }
 
     #[test]
