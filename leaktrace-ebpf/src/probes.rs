@@ -5,7 +5,7 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_stack,
+        bpf_get_attach_cookie, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_stack,
         bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_probe_read_user,
         bpf_task_pt_regs,
     },
@@ -408,9 +408,22 @@ fn release_sampled(id: u64, ptr: u64) {
     emit(&free_event(id, ptr));
 }
 
+/// Argument `n` of the probed function. The probe may sit a few instructions into the function
+/// (an instruction the kernel emulates instead of single-stepping), after the prologue copied an
+/// argument to another register: the attach cookie then says where it is, 4 bits per argument,
+/// 1 + its slot in `struct pt_regs` (0: its usual register). See leaktrace's `prologue` module.
 #[inline(always)]
 fn arg(ctx: &ProbeContext, n: usize) -> u64 {
-    ctx.arg::<u64>(n).unwrap_or(0)
+    // SAFETY: a helper reading the attach cookie of this program's link.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let place = (cookie >> (4 * n)) & 0xf;
+    if place == 0 {
+        return ctx.arg::<u64>(n).unwrap_or(0);
+    }
+    // Slots 0..15 are r15..rdi, all within struct pt_regs; read as kernel memory, since the
+    // verifier refuses a context load at a variable offset.
+    let at = (ctx.regs as *const u64).wrapping_add((place - 1) as usize);
+    unsafe { bpf_probe_read_kernel(at) }.unwrap_or(0)
 }
 
 #[inline(always)]

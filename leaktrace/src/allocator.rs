@@ -16,6 +16,9 @@ use object::{Architecture, Object, ObjectSegment, ObjectSymbol, ReadRef, SymbolF
 use crate::maps::{self, MapsError};
 use crate::prologue::{MAX_PROLOGUE_BYTES, choose_probe_offset};
 
+/// How much of a function is searched for branches back into its prologue.
+const MAX_FUNCTION_BYTES: u64 = 64 << 10;
+
 /// An allocation or deallocation function leaktrace probes, by its C name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum AllocFn {
@@ -70,6 +73,20 @@ impl AllocFn {
         }
     }
 
+    /// The arguments its entry probe reads, by index (0 is `rdi`): the probe may be placed
+    /// only where they are still in some register. Must match the entry programs in
+    /// `leaktrace-ebpf`.
+    pub fn arguments(&self) -> &'static [usize] {
+        match self {
+            AllocFn::Malloc | AllocFn::Valloc | AllocFn::Pvalloc | AllocFn::Free => &[0],
+            AllocFn::Calloc | AllocFn::Realloc => &[0, 1],
+            AllocFn::Reallocarray => &[0, 1, 2],
+            AllocFn::PosixMemalign => &[0, 2],
+            AllocFn::AlignedAlloc | AllocFn::Memalign => &[1],
+            AllocFn::PthreadCreate => &[],
+        }
+    }
+
     /// The function exported under `name`, if it is one of ours.
     pub fn from_symbol(name: &str) -> Option<AllocFn> {
         AllocFn::ALL
@@ -101,6 +118,9 @@ pub struct ProbePoint {
     pub emulated: bool,
     /// The instruction at `probe_offset`, for log messages.
     pub instruction: String,
+    /// Where the arguments are at `probe_offset`, the uprobe's attach cookie (see
+    /// [`crate::prologue::ProbeSite::cookie`]); 0 when they are in their usual registers.
+    pub cookie: u64,
 }
 
 /// A file that defines an allocator, as mapped by one process.
@@ -232,22 +252,30 @@ pub fn inspect_elf(
             address,
         };
         let (symbol_offset, bytes_in_file) = file_offset(&elf, address).ok_or_else(not_found)?;
-        let mut len = bytes_in_file.min(MAX_PROLOGUE_BYTES as u64);
-        if size > 0 {
-            len = len.min(size);
-        }
+        // The whole function when its size is known, so that branches back into the
+        // prologue are seen (capped: allocator entry points are small).
+        let len = bytes_in_file.min(if size > 0 {
+            size.min(MAX_FUNCTION_BYTES)
+        } else {
+            MAX_PROLOGUE_BYTES as u64
+        });
         let code = usize::try_from(symbol_offset)
             .ok()
             .zip(usize::try_from(len).ok())
             .and_then(|(start, len)| data.get(start..start.checked_add(len)?))
             .ok_or_else(not_found)?;
-        let site = choose_probe_offset(code);
+        // Aliases share one probe: it must keep what any of them reads.
+        let mut arguments: Vec<usize> = funcs.iter().flat_map(|f| f.arguments()).copied().collect();
+        arguments.sort_unstable();
+        arguments.dedup();
+        let site = choose_probe_offset(code, &arguments);
         points.push(ProbePoint {
             funcs,
             symbol_offset,
             probe_offset: symbol_offset + site.offset,
             emulated: site.emulated,
             instruction: site.instruction,
+            cookie: site.cookie,
         });
     }
     points.sort_by_key(|p| p.funcs.first().copied());

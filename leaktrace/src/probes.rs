@@ -8,7 +8,7 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         TracePoint, UProbe,
-        uprobe::{UProbeAttachLocation, UProbeLink, UProbeLinkId, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope},
     },
 };
 use leaktrace_common::{SAMPLE_DRAWS, counter, names};
@@ -295,7 +295,11 @@ impl Probes {
         let link = self
             .uprobe(prog)?
             .attach(
-                UProbeAttachLocation::AbsoluteOffset(point.probe_offset),
+                UProbeAttachPoint {
+                    location: UProbeAttachLocation::AbsoluteOffset(point.probe_offset),
+                    // Where the probe point's arguments are, when a prologue moved them.
+                    cookie: (point.cookie != 0).then_some(point.cookie),
+                },
                 &target,
                 scope,
             )

@@ -53,6 +53,8 @@ struct ProcSyms {
     /// The mapping each address of an interned stack fell in when the stack was first seen.
     pins: HashMap<u64, Arc<Mapping>>,
     cache: HashMap<u64, Vec<Frame>>,
+    /// Whether the code before an address ends with a call, for addresses whose file was read.
+    after_call: HashMap<u64, bool>,
     last_miss_reread: Option<Instant>,
 }
 
@@ -227,23 +229,55 @@ impl Symbolizer {
 
     /// Whether `addr` is a return address in `pid`'s code: inside an executable file mapping
     /// and right after a call instruction. Used to vet the caller word taken at an mmap syscall.
-    pub fn is_return_address(&self, pid: u32, addr: u64) -> bool {
-        let Some(m) = self.procs.get(&pid).and_then(|p| find(&p.maps, addr)) else {
-            return false;
-        };
-        let off = addr - m.start + m.offset;
-        if off < 7 {
-            return false;
+    pub fn is_return_address(&mut self, pid: u32, addr: u64) -> bool {
+        self.after_call(pid, addr) == Some(true)
+    }
+
+    /// Cuts a frame-pointer chain (`addrs[0]` the innermost address) at its first return
+    /// address that cannot be one: above any user address, or in an executable file mapping
+    /// but not right after a call instruction. A walk goes there when it continues past a
+    /// frame whose rbp is not a frame pointer (a static glibc's `__libc_start_call_main`, built
+    /// without them), and every frame after that is junk too. An address whose code cannot be
+    /// read (no file mapping known: JIT code, or the file is gone) is kept. Returns how many
+    /// frames were cut.
+    pub fn cut_junk_frames(&mut self, pid: u32, addrs: &mut Vec<u64>) -> usize {
+        // x86-64 user space ends below 2^47, or 2^56 with 5-level page tables.
+        const USER_END: u64 = 1 << 56;
+        let junk = (1..addrs.len()).find(|&i| {
+            let addr = addrs[i];
+            addr >= USER_END || self.after_call(pid, addr) == Some(false)
+        });
+        let Some(at) = junk else { return 0 };
+        let cut = addrs.len() - at;
+        addrs.truncate(at);
+        cut
+    }
+
+    /// Whether the instruction before `addr` is a call, in the file mapped there (the mapping
+    /// pinned for it, else the newest); `None` when no file mapping holds it or the file cannot
+    /// be read.
+    fn after_call(&mut self, pid: u32, addr: u64) -> Option<bool> {
+        let p = self.procs.get_mut(&pid)?;
+        if let Some(known) = p.after_call.get(&addr) {
+            return Some(*known);
         }
-        let mut buf = [0u8; 7];
-        let ok = File::open(&m.open)
-            .or_else(|_| File::open(&m.path))
-            .and_then(|mut f| {
-                f.seek(SeekFrom::Start(off - 7))?;
-                f.read_exact(&mut buf)
-            })
-            .is_ok();
-        ok && follows_call(&buf)
+        let m = p.lookup(addr)?.clone();
+        let off = addr - m.start + m.offset;
+        let verdict = if off < 7 {
+            false
+        } else {
+            let mut buf = [0u8; 7];
+            File::open(&m.open)
+                .or_else(|_| File::open(&m.path))
+                .and_then(|mut f| {
+                    f.seek(SeekFrom::Start(off - 7))?;
+                    f.read_exact(&mut buf)
+                })
+                .ok()?;
+            follows_call(&buf)
+        };
+        p.after_call.insert(addr, verdict);
+        Some(verdict)
     }
 
     /// Frames for one address, innermost (inlined) first.
@@ -447,6 +481,36 @@ mod tests {
         let f = s.symbolize(std::process::id(), 0x10);
         assert_eq!(f[0].address, "0x10");
         assert!(f[0].function.is_none());
+    }
+
+    #[test]
+    fn chains_are_cut_at_an_address_no_user_code_has() {
+        let mut s = Symbolizer::new();
+        let pid = std::process::id();
+        s.track(pid);
+        // 0x10 is in no file mapping: nothing to check it against, kept. The next is junk a
+        // frame-pointer walk read from a stack slot that held no return address.
+        let mut chain = vec![0x1000, 0x10, 0xbe55_2274_c085_4800, 0x401000];
+        assert_eq!(s.cut_junk_frames(pid, &mut chain), 2);
+        assert_eq!(chain, [0x1000, 0x10]);
+        // The innermost address is where the probe fired, not a return address: never cut.
+        let mut chain = vec![u64::MAX];
+        assert_eq!(s.cut_junk_frames(pid, &mut chain), 0);
+    }
+
+    #[test]
+    fn a_return_address_into_own_code_must_follow_a_call() {
+        let mut s = Symbolizer::new();
+        let pid = std::process::id();
+        s.track(pid);
+        // The first byte of a function follows padding or the previous function's end: the
+        // bytes before it are this test's own code, so check them rather than assume.
+        let start = leaktrace_symbolize_probe as *const () as u64;
+        // SAFETY: reading 7 bytes of this binary's own mapped code.
+        let before: [u8; 7] = unsafe { std::ptr::read_unaligned((start - 7) as *const [u8; 7]) };
+        let mut chain = vec![0x1000, start];
+        let cut = s.cut_junk_frames(pid, &mut chain);
+        assert_eq!(cut == 0, follows_call(&before), "{before:x?}");
     }
 
     #[test]

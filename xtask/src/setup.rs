@@ -21,6 +21,8 @@ const PACKAGES: &[&str] = &[
     "bpftool",
     "gcc",
     "libc6-dev",
+    // tests/nofp.rs traces a program under mimalloc (LD_PRELOAD).
+    "libmimalloc2.0",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

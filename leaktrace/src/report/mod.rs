@@ -437,6 +437,7 @@ fn stack_report(pid: u32, s: &StackSummary, sym: &mut Symbolizer, table: &StackT
         let at = addrs.len().min(1);
         addrs.insert(at, s.caller);
     }
+    sym.cut_junk_frames(pid, &mut addrs);
     StackReport {
         kind: match s.kind {
             BlockKind::Heap => "heap",
