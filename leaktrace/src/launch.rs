@@ -438,7 +438,7 @@ pub fn launch(cmd: &[OsString], signals: InheritedSignals) -> Result<Launched> {
                 "leaktrace: warning: {} is not an ELF executable (a #! script?): without ptrace \
                  the program that runs it cannot be seen before it starts; only the C library's \
                  allocator is probed",
-                resolved.display()
+                crate::escape::text(&resolved.to_string_lossy())
             ),
             Err(e) => return Err(e.into()),
         }

@@ -343,13 +343,18 @@ impl Symbolizer {
             cause = inner;
         }
         if self.warned.insert(cause.to_string()) {
-            eprintln!(
-                "leaktrace: warning: {what}: {}; such frames show as ?? (counted in \
-                 symbolization_failures)",
-                error_chain(e)
-            );
+            eprintln!("{}", failure_warning(what, e));
         }
     }
+}
+
+/// The warning for a symbolization failure. `what` names a module path the traced process
+/// chose, and the error may embed it again: the whole line is escaped.
+fn failure_warning(what: &str, e: &(dyn std::error::Error + 'static)) -> String {
+    format!(
+        "leaktrace: warning: {}; such frames show as ?? (counted in symbolization_failures)",
+        crate::escape::text(&format!("{what}: {}", error_chain(e)))
+    )
 }
 
 /// An error and its sources on one line.
@@ -415,6 +420,15 @@ fn read_maps(pid: u32) -> std::io::Result<Vec<Mapping>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failure_warning_escapes_the_module_path_and_the_error() {
+        let e = std::io::Error::other("/tmp/lib\x1b]0;owned\x07.so: bad ELF\nforged line");
+        let w = failure_warning("cannot symbolize addresses in /tmp/lib\x1b[2J.so", &e);
+        assert!(!w.chars().any(|c| c.is_control()), "{w:?}");
+        assert!(w.contains("/tmp/lib\\e[2J.so"), "{w}");
+        assert!(w.contains("bad ELF\\nforged line"), "{w}");
+    }
 
     #[inline(never)]
     #[unsafe(no_mangle)]

@@ -446,7 +446,8 @@ impl Watcher<'_> {
         let Some(pid) = r.pid else {
             eprintln!(
                 "leaktrace: thread {} took the name {} but exited before its process was known; not tracking it",
-                r.tid, r.comm
+                r.tid,
+                escape::text(&r.comm)
             );
             return;
         };
