@@ -44,7 +44,7 @@ fn stat(pid: u32) -> Option<Stat> {
 }
 
 /// The thread-group id of `tid` from `/proc/TID/status` (a thread's /proc entry exists, unlisted).
-fn tgid(tid: u32) -> Option<u32> {
+pub(crate) fn tgid(tid: u32) -> Option<u32> {
     let raw = std::fs::read(format!("/proc/{tid}/status")).ok()?;
     raw.split(|&b| b == b'\n')
         .find_map(|l| l.strip_prefix(b"Tgid:"))
@@ -73,6 +73,18 @@ pub fn check_pid(pid: u32) -> Result<Process> {
     })
 }
 
+/// The line said on stderr when `-p` named one of a process's threads: that the process is
+/// `verb` ("tracing", "auditing") instead. None for a process named by its own PID.
+pub fn thread_note(p: &Process, verb: &str) -> Option<String> {
+    let tid = p.thread?;
+    Some(format!(
+        "leaktrace: -p {tid} is a thread of process {} ({}): {verb} process {}",
+        p.pid,
+        crate::escape::text(&p.comm),
+        p.pid
+    ))
+}
+
 /// Checks an explicit list of PIDs (`-p`, repeatable): each process once, whether named by its
 /// PID, again, or by one of its threads (said on stderr), and no more than `max` processes.
 pub fn resolve_pids(pids: &[u32], max: usize) -> Result<Vec<Process>> {
@@ -84,11 +96,8 @@ pub fn resolve_pids(pids: &[u32], max: usize) -> Result<Vec<Process>> {
             continue;
         }
         let p = check_pid(pid)?;
-        if let Some(tid) = p.thread {
-            eprintln!(
-                "leaktrace: -p {tid} is a thread of process {} ({}): tracing process {}",
-                p.pid, crate::escape::text(&p.comm), p.pid
-            );
+        if let Some(note) = thread_note(&p, "tracing") {
+            eprintln!("{note}");
         }
         if !out.iter().any(|o| o.pid == p.pid) {
             out.push(p);
@@ -151,4 +160,25 @@ fn mount_if_missing(dir: &Path, fstype: &str) -> Result<()> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_note_only_for_a_thread_and_escapes_its_comm() {
+        let mut p = Process { pid: 10, comm: "w\x1b[2J\nx".into(), thread: None };
+        assert_eq!(thread_note(&p, "tracing"), None);
+        p.thread = Some(12);
+        assert_eq!(
+            thread_note(&p, "auditing").unwrap(),
+            "leaktrace: -p 12 is a thread of process 10 (w\\e[2J\\nx): auditing process 10"
+        );
+    }
+
+    #[test]
+    fn tgid_of_this_thread_is_this_process() {
+        assert_eq!(tgid(std::process::id()), Some(std::process::id()));
+    }
 }

@@ -254,11 +254,8 @@ fn initial_targets(sel: &Selection, max_targets: usize) -> Result<Initial> {
         }
         match target::check_pid(given) {
             Ok(p) => {
-                if let Some(tid) = p.thread {
-                    eprintln!(
-                        "leaktrace: -p {tid} is a thread of process {} ({}): auditing process {}",
-                        p.pid, crate::escape::text(&p.comm), p.pid
-                    );
+                if let Some(note) = target::thread_note(&p, "auditing") {
+                    eprintln!("{note}");
                 }
                 if !init.pids.contains(&p.pid) {
                     init.pids.push(p.pid);
