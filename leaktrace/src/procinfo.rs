@@ -27,6 +27,28 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     statm.resident.checked_mul(procfs::page_size())
 }
 
+/// The name of `pid` from `/proc/PID/comm`: the bytes the process chose (`prctl(PR_SET_NAME)`,
+/// up to 15 of them, any but NUL), as lossy UTF-8 with only the kernel's newline removed. A name
+/// that is not UTF-8 is still a name: the process is never skipped for it.
+pub fn comm(pid: u32) -> Option<String> {
+    read_comm(Path::new(&format!("/proc/{pid}/comm")))
+}
+
+fn read_comm(path: &Path) -> Option<String> {
+    // The kernel writes at most TASK_COMM_LEN bytes and a newline.
+    let (raw, _) = read_capped(path, 64).ok()?;
+    let raw = raw.strip_suffix(b"\n").unwrap_or(&raw);
+    Some(String::from_utf8_lossy(raw).into_owned())
+}
+
+/// Whether a name given with `--comm`/`--track-comm` is the name `comm` read by [`comm`]: the
+/// kernel keeps the first 15 bytes of a name, so a longer one matches its truncation (cut inside
+/// a character, it reads as that character's replacement, as `comm` does).
+pub fn comm_matches(name: &str, comm: &str) -> bool {
+    let b = name.as_bytes();
+    String::from_utf8_lossy(&b[..b.len().min(15)]) == comm
+}
+
 /// Caps on /proc files a target controls the size of: its command line (up to the kernel's
 /// argument limit, which `ulimit -s` raises), and the small text files, which a cap only
 /// protects against a kernel surprise. A capped read is said in `unavailable`.
@@ -368,10 +390,9 @@ pub fn top_consumers(n: usize) -> Vec<Consumer> {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter_map(|pid| {
             let rss_bytes = rss_bytes(pid).filter(|&r| r > 0)?;
-            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
             Some(Consumer {
                 pid,
-                comm: comm.trim_end_matches('\n').to_string(),
+                comm: comm(pid)?,
                 rss_bytes,
             })
         })
@@ -435,6 +456,31 @@ pub fn oom_scope(m: Option<&Memcg>) -> (&'static str, String) {
 mod tests {
     use super::*;
     use std::process::{Child, Command};
+
+    #[test]
+    fn a_name_that_is_not_utf8_is_read_not_skipped() {
+        let path = std::thread::spawn(|| {
+            // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+            unsafe { libc::prctl(libc::PR_SET_NAME, c"\xffhog\x1b".as_ptr()) };
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() };
+            let path = PathBuf::from(format!("/proc/self/task/{tid}/comm"));
+            // Read while the thread lives: its entry goes with it.
+            (read_comm(&path), fs::read_to_string(&path).is_err())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(path.0.as_deref(), Some("\u{fffd}hog\x1b"));
+        assert!(path.1, "read_to_string (used before) refuses the name");
+    }
+
+    #[test]
+    fn a_long_name_matches_the_kernels_15_bytes() {
+        assert!(comm_matches("abcdefghijklmnopq", "abcdefghijklmno"));
+        assert!(!comm_matches("abc", "abcd"));
+        // 9 two-byte characters: the kernel keeps 7 and half of the 8th.
+        assert!(comm_matches("ééééééééé", "ééééééé\u{fffd}"));
+    }
 
     #[test]
     fn key_values_keep_kernel_text() {

@@ -275,7 +275,7 @@ fn initial_targets(sel: &Selection, max_targets: usize) -> Result<Initial> {
     for name in comms {
         let found: Vec<u32> = all_pids()
             .into_iter()
-            .filter(|&p| p != me && comm_of(p).is_some_and(|c| comm_matches(name, &c)))
+            .filter(|&p| p != me && procinfo::comm(p).is_some_and(|c| procinfo::comm_matches(name, &c)))
             .collect();
         if found.is_empty() {
             unmatched.push(format!("--comm {name} matches no process"));
@@ -321,17 +321,6 @@ fn all_pids() -> Vec<u32> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn comm_of(pid: u32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .ok()
-        .map(|c| c.trim_end().to_string())
-}
-
-/// The kernel keeps 15 bytes of a name; a longer --comm matches its truncation.
-fn comm_matches(name: &str, comm: &str) -> bool {
-    name.chars().take(15).collect::<String>() == comm
 }
 
 fn normalize_cgroup(p: &str) -> String {
@@ -517,7 +506,7 @@ impl Audit<'_> {
             if let Watch::Exec { pid, comm } = w
                 && let Selection::Chosen { comms, cgroups, .. } = &self.cfg.selection
             {
-                let wanted = comms.iter().any(|n| comm_matches(n, &comm))
+                let wanted = comms.iter().any(|n| procinfo::comm_matches(n, &comm))
                     || cgroups.iter().any(|c| in_cgroup(pid, c));
                 if wanted {
                     self.pending.insert(pid, Instant::now());

@@ -150,7 +150,7 @@ pub async fn run(cfg: OomConfig) -> Result<()> {
     w.attach_pending();
     let matched = w.tracked.len();
     for name in &cfg.track_comms {
-        if !w.tracked.values().any(|t| comm_matches(name, &t.comm)) {
+        if !w.tracked.values().any(|t| procinfo::comm_matches(name, &t.comm)) {
             eprintln!(
                 "leaktrace: no process named {name} yet; it will be tracked when it starts or takes that name"
             );
@@ -268,11 +268,6 @@ fn prepare_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The kernel keeps 15 bytes of a name; a longer --track-comm matches its truncation.
-fn comm_matches(name: &str, comm: &str) -> bool {
-    let n: String = name.chars().take(15).collect();
-    n == comm
-}
 
 fn processes_named(names: &[String]) -> Vec<(u32, String)> {
     if names.is_empty() {
@@ -285,9 +280,8 @@ fn processes_named(names: &[String]) -> Vec<(u32, String)> {
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| pid != me)
         .filter_map(|pid| {
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-            let comm = comm.trim_end().to_string();
-            names.iter().any(|n| comm_matches(n, &comm)).then_some((pid, comm))
+            let comm = procinfo::comm(pid)?;
+            names.iter().any(|n| procinfo::comm_matches(n, &comm)).then_some((pid, comm))
         })
         .collect()
 }
@@ -353,7 +347,7 @@ impl Watcher<'_> {
             match watch {
                 Watch::OomVictim(raw) => self.on_oom(&raw),
                 Watch::Exec { pid, comm } => {
-                    if self.cfg.track_comms.iter().any(|n| comm_matches(n, &comm)) {
+                    if self.cfg.track_comms.iter().any(|n| procinfo::comm_matches(n, &comm)) {
                         self.untracked.remove(&pid);
                         self.pending.insert(pid, (comm, Instant::now()));
                         self.attach_pending();
@@ -440,7 +434,7 @@ impl Watcher<'_> {
             self.session.malformed += 1;
             return;
         };
-        if !self.cfg.track_comms.iter().any(|n| comm_matches(n, &r.comm)) {
+        if !self.cfg.track_comms.iter().any(|n| procinfo::comm_matches(n, &r.comm)) {
             return;
         }
         let Some(pid) = r.pid else {
@@ -692,7 +686,7 @@ impl Watcher<'_> {
 /// Why a victim's stacks are missing and what to do: the advice to add `--track-comm` only when
 /// it was not given for that name.
 fn untracked_reason(comm: &str, track_comms: &[String], known: Option<&str>) -> String {
-    if let Some(name) = track_comms.iter().find(|n| comm_matches(n, comm)) {
+    if let Some(name) = track_comms.iter().find(|n| procinfo::comm_matches(n, comm)) {
         let why = known.unwrap_or(
             "leaktrace had not attached to it when it was killed (it took that name, or mapped \
              its allocator, only moments before)",
@@ -722,9 +716,7 @@ fn victim_from_proc(pid: u32, proc: &ProcSnapshot) -> Victim {
     };
     Victim {
         pid,
-        comm: std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .map(|c| c.trim_end().to_string())
-            .unwrap_or_default(),
+        comm: procinfo::comm(pid).unwrap_or_default(),
         cmdline: None,
         uid: std::fs::metadata(format!("/proc/{pid}")).ok().map(|m| m.uid()),
         cgroup: None,
