@@ -131,10 +131,16 @@ impl Symbolizer {
         if lost_before == 0 && watch.lost > 0 {
             eprintln!(
                 "leaktrace: warning: the kernel dropped {} mapping records (their ring was \
-                 full); a library unloaded right after leaking may show as ??",
+                 full); a library unloaded right after leaking may show as ?? (counted in \
+                 mapping_records_lost)",
                 watch.lost
             );
         }
+    }
+
+    /// The kernel's mapping records lost to a full ring since the start (0 without a watcher).
+    pub fn mapping_records_lost(&self) -> u64 {
+        self.watch.as_ref().map_or(0, |w| w.lost)
     }
 
     /// Addresses that could not be symbolized because a file could not be read (not those

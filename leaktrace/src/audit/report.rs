@@ -241,6 +241,7 @@ impl AuditReport {
             estimate_unreliable: self.estimate_unreliable,
             estimate_unreliable_reason: self.estimate_unreliable_reason.clone(),
             symbolization_failures: 0,
+            mapping_records_lost: 0,
             events: 0,
             group_by: crate::config::GroupBy::Stack,
             sample_rate: self.sample_rate,
