@@ -65,6 +65,13 @@ fn read_capped(path: &Path, cap: u64) -> std::io::Result<(Vec<u8>, bool)> {
     Ok((buf, capped))
 }
 
+/// The arguments of `pid` (None when it has none: a kernel thread, or a process whose memory is
+/// already released) and whether they were cut at [`CMDLINE_CAP`].
+pub fn cmdline(pid: u32) -> std::io::Result<(Option<Vec<String>>, bool)> {
+    let (raw, capped) = read_capped(Path::new(&format!("/proc/{pid}/cmdline")), CMDLINE_CAP)?;
+    Ok((parse_cmdline(&raw), capped))
+}
+
 /// `read_capped` as text (lossy), noting a cap in `unavailable` under `what`.
 fn read_text_capped(path: &Path, cap: u64, what: &str, unavailable: &mut Vec<String>) -> std::io::Result<String> {
     let (raw, capped) = read_capped(path, cap)?;
@@ -141,8 +148,8 @@ pub fn snapshot(pid: u32) -> ProcSnapshot {
             .push("cgroup: the process had already left its cgroup (exiting)".to_string());
     }
 
-    match read_capped(&dir.join("cmdline"), CMDLINE_CAP) {
-        Ok((raw, capped)) => match parse_cmdline(&raw) {
+    match cmdline(pid) {
+        Ok((args, capped)) => match args {
             Some(args) if capped => {
                 s.unavailable.push(format!(
                     "cmdline: longer than {}, the last argument cut and the rest not read",
@@ -472,6 +479,47 @@ mod tests {
         .unwrap();
         assert_eq!(path.0.as_deref(), Some("\u{fffd}hog\x1b"));
         assert!(path.1, "read_to_string (used before) refuses the name");
+    }
+
+    /// `spawn` returns when the child's old memory is released, before the kernel has set the
+    /// new program's arguments: until then its cmdline reads empty.
+    fn cmdline_once_exec_done(pid: u32) -> std::io::Result<(Option<Vec<String>>, bool)> {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let got = cmdline(pid)?;
+            if got.0.is_some() || std::time::Instant::now() > until {
+                return Ok(got);
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn a_command_line_over_the_cap_is_cut_and_says_so() {
+        // One argument is at most 128 KiB (MAX_ARG_STRLEN): three make 300 KiB.
+        let arg = "x".repeat(100 << 10);
+        // `read`, a builtin, keeps the shell itself waiting (a last `sleep` would be exec'd).
+        let mut child = Command::new("/bin/sh")
+            .args(["-c", "read x", &arg, &arg, &arg])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let got = cmdline_once_exec_done(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        let (args, capped) = got.unwrap();
+        assert!(capped);
+        let args = args.unwrap();
+        assert_eq!(args[..2], ["/bin/sh", "-c"]);
+        // Each argument and its NUL, but the last one, which is cut.
+        assert_eq!(args.iter().map(|a| a.len() + 1).sum::<usize>() - 1, CMDLINE_CAP as usize);
+
+        let mut child =
+            Command::new("/bin/sh").args(["-c", "read x"]).stdin(std::process::Stdio::piped()).spawn().unwrap();
+        let got = cmdline_once_exec_done(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(got.unwrap(), (Some(vec!["/bin/sh".into(), "-c".into(), "read x".into()]), false));
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct ProcInfo {
     pub comm: String,
     pub exe: Option<String>,
     pub cmdline: Vec<String>,
+    /// The command line was longer than leaktrace reads: `cmdline` ends early.
+    pub cmdline_truncated: bool,
     pub history: History,
     pub exited: bool,
 }
@@ -373,13 +375,17 @@ impl Audit<'_> {
                 })
                 .processes += 1;
         }
-        let snap = procinfo::snapshot(pid);
+        // Only what the report shows: a full snapshot would also walk every mapping
+        // (smaps_rollup) of each audited process.
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        let (cmdline, cmdline_truncated) = procinfo::cmdline(pid).unwrap_or_default();
         self.procs.insert(
             pid,
             ProcInfo {
                 comm: p.comm,
-                exe: snap.exe,
-                cmdline: snap.cmdline.unwrap_or_default(),
+                exe: exe.map(|e| e.to_string_lossy().into_owned()),
+                cmdline: cmdline.unwrap_or_default(),
+                cmdline_truncated,
                 history: History::new(3600),
                 exited: false,
             },
