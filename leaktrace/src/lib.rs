@@ -12,6 +12,14 @@ macro_rules! eprintln {
     }};
 }
 
+/// `eprint!` likewise (the status line on a terminal, which may hang up).
+macro_rules! eprint {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 pub mod aggregate;
 pub mod allocator;
 pub mod audit;
