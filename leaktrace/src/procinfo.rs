@@ -1,7 +1,7 @@
-//! What /proc and cgroupfs say about a process's memory: its RSS, a forensic snapshot
-//! (cmdline, exe, selected `status` and `smaps_rollup` lines), its cgroup paths and memory
-//! cgroup counters, the system's largest processes, and whether an OOM kill was the cgroup's
-//! or the whole system's.
+//! What /proc and cgroupfs say about a process: its name (comm, read as bytes) and command line
+//! (capped), its RSS, a forensic snapshot (cmdline, exe, selected `status` and `smaps_rollup`
+//! lines), its cgroup paths and memory cgroup counters, the system's largest processes, and
+//! whether an OOM kill was the cgroup's or the whole system's.
 //!
 //! Readers are written for a process that is being killed: each file is read once, in order
 //! of value, never panics, and every failure is recorded rather than aborting the rest. The
@@ -225,6 +225,7 @@ pub struct CgroupPaths {
 /// is also the view `memcg` resolves them in. Err only when the file cannot be read.
 pub fn cgroup_paths(pid: u32) -> Result<CgroupPaths, String> {
     let path = format!("/proc/{pid}/cgroup");
+    // Read whole: the kernel writes one line per hierarchy, a path of at most PATH_MAX each.
     fs::read_to_string(&path)
         .map(|text| parse_cgroup(&text))
         .map_err(|e| format!("{path}: {e}"))
@@ -321,6 +322,7 @@ const UNLIMITED_FROM: u64 = 1 << 62;
 /// memory controller), else cgroup2. None when the mounts or the cgroup directory cannot be
 /// found, e.g. because the cgroup was removed along with its last process.
 pub fn memcg(paths: &CgroupPaths) -> Option<Memcg> {
+    // Our own mount table, read whole: only root mounts in leaktrace's mount namespace.
     let mounts = parse_mountinfo(&fs::read_to_string("/proc/self/mountinfo").ok()?);
     if let Some(p) = &paths.memory_v1
         && let Some(dir) = resolve(&mounts.memory_v1, p)
@@ -359,6 +361,7 @@ fn read_v2(dir: &Path, path: &str) -> Memcg {
     }
 }
 
+// cgroupfs counters are a number or a few `key value` lines: read whole.
 fn read_u64(p: &Path) -> Option<u64> {
     fs::read_to_string(p).ok()?.trim().parse().ok()
 }

@@ -31,6 +31,8 @@ struct Stat {
 }
 
 fn stat(pid: u32) -> Option<Stat> {
+    // Read whole here and in `tgid`: the kernel bounds both files (a name of 15 bytes; status's
+    // longest line, Groups, by NGROUPS_MAX), whatever the process does.
     let raw = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
     let open = raw.iter().position(|&b| b == b'(')?;
     let close = raw.iter().rposition(|&b| b == b')')?;

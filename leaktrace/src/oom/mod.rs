@@ -206,7 +206,6 @@ struct Unwritten {
     report: OomReport,
 }
 
-/// Creates DIR 0700 if missing; refuses a non-directory or one we cannot write.
 /// Makes sure `--dir` is a private directory of root's before anything is traced: created 0700
 /// when missing; an existing one is used as it is (never chmodded: `--dir /tmp` must not lock
 /// everyone out of /tmp) or refused when it is a symbolic link, someone else's, or writable by
