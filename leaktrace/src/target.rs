@@ -75,21 +75,22 @@ pub fn check_pid(pid: u32) -> Result<Process> {
     })
 }
 
-/// The line said on stderr when `-p` named one of a process's threads: that the process is
-/// `verb` ("tracing", "auditing") instead. None for a process named by its own PID.
-pub fn thread_note(p: &Process, verb: &str) -> Option<String> {
+/// The line said on stderr when `option` (`-p`, `--track-pid`) named one of a process's threads:
+/// that the process is `verb` ("tracing", "auditing") instead. None for a process named by its own PID.
+pub fn thread_note(p: &Process, option: &str, verb: &str) -> Option<String> {
     let tid = p.thread?;
     Some(format!(
-        "leaktrace: -p {tid} is a thread of process {} ({}): {verb} process {}",
+        "leaktrace: {option} {tid} is a thread of process {} ({}): {verb} process {}",
         p.pid,
         crate::escape::text(&p.comm),
         p.pid
     ))
 }
 
-/// Checks an explicit list of PIDs (`-p`, repeatable): each process once, whether named by its
-/// PID, again, or by one of its threads (said on stderr), and no more than `max` processes.
-pub fn resolve_pids(pids: &[u32], max: usize) -> Result<Vec<Process>> {
+/// Checks an explicit list of PIDs (`option`: trace's `-p`, oom's `--track-pid`, repeatable):
+/// each process once, whether named by its PID, again, or by one of its threads (said on
+/// stderr), and no more than `max` processes.
+pub fn resolve_pids(pids: &[u32], max: usize, option: &str) -> Result<Vec<Process>> {
     let mut given = std::collections::HashSet::new();
     let mut out: Vec<Process> = Vec::new();
     // In the order given, each id looked at once (200 copies of one PID cost one look).
@@ -98,7 +99,7 @@ pub fn resolve_pids(pids: &[u32], max: usize) -> Result<Vec<Process>> {
             continue;
         }
         let p = check_pid(pid)?;
-        if let Some(note) = thread_note(&p, "tracing") {
+        if let Some(note) = thread_note(&p, option, "tracing") {
             eprintln!("{note}");
         }
         if !out.iter().any(|o| o.pid == p.pid) {
@@ -107,7 +108,7 @@ pub fn resolve_pids(pids: &[u32], max: usize) -> Result<Vec<Process>> {
     }
     if out.len() > max {
         return Err(Error::Usage(format!(
-            "-p: {} processes given, more than --max-targets {max}: give fewer, or raise --max-targets",
+            "{option}: {} processes given, more than --max-targets {max}: give fewer, or raise --max-targets",
             out.len()
         )));
     }
@@ -171,10 +172,10 @@ mod tests {
     #[test]
     fn thread_note_only_for_a_thread_and_escapes_its_comm() {
         let mut p = Process { pid: 10, comm: "w\x1b[2J\nx".into(), thread: None };
-        assert_eq!(thread_note(&p, "tracing"), None);
+        assert_eq!(thread_note(&p, "-p", "tracing"), None);
         p.thread = Some(12);
         assert_eq!(
-            thread_note(&p, "auditing").unwrap(),
+            thread_note(&p, "-p", "auditing").unwrap(),
             "leaktrace: -p 12 is a thread of process 10 (w\\e[2J\\nx): auditing process 10"
         );
     }

@@ -256,7 +256,7 @@ fn initial_targets(sel: &Selection, max_targets: usize) -> Result<Initial> {
         }
         match target::check_pid(given) {
             Ok(p) => {
-                if let Some(note) = target::thread_note(&p, "auditing") {
+                if let Some(note) = target::thread_note(&p, "-p", "auditing") {
                     eprintln!("{note}");
                 }
                 if !init.pids.contains(&p.pid) {

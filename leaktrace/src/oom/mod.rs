@@ -69,6 +69,8 @@ struct Watcher<'a> {
     pending: HashMap<u32, (String, Instant)>,
     /// Why a process with a tracked name is not tracked (no allocator, attach failed).
     untracked: HashMap<u32, String>,
+    /// Processes with a tracked name left untracked because `--max-targets` were tracked.
+    over_max_targets: u64,
     /// `task/task_rename`'s layout, when tracking by name on a kernel that has it.
     rename_layout: Option<Layout>,
     /// Reports waiting for the directory to take them.
@@ -89,11 +91,8 @@ pub async fn run(cfg: OomConfig) -> Result<()> {
     })?;
     prepare_dir(&cfg.dir)?;
     let metrics = crate::session::start_metrics(cfg.metrics_addr).await?;
-    let explicit: Vec<target::Process> = cfg
-        .track_pids
-        .iter()
-        .map(|&p| target::check_pid(p))
-        .collect::<Result<_>>()?;
+    // Each process once (a repeat or a thread of it would attach its probes again).
+    let explicit = target::resolve_pids(&cfg.track_pids, cfg.max_targets, "--track-pid")?;
 
     let mut session = Session::new(
         cfg.ring_size,
@@ -128,6 +127,7 @@ pub async fn run(cfg: OomConfig) -> Result<()> {
         tracked: HashMap::new(),
         pending: HashMap::new(),
         untracked: HashMap::new(),
+        over_max_targets: 0,
         rename_layout,
         held: Held::new(MAX_HELD),
         reports: 0,
@@ -314,6 +314,24 @@ impl Watcher<'_> {
             let Some((comm, since)) = self.pending.get(&pid).cloned() else { continue };
             if self.tracked.contains_key(&pid) || target::check_pid(pid).is_err() {
                 self.pending.remove(&pid);
+                continue;
+            }
+            if self.tracked.len() >= self.cfg.max_targets {
+                self.pending.remove(&pid);
+                self.over_max_targets += 1;
+                eprintln!(
+                    "leaktrace: warning: --max-targets {}: not tracking pid {pid} ({}); {} more \
+                     process{} with a tracked name left untracked so far (raise --max-targets to \
+                     track them)",
+                    self.cfg.max_targets,
+                    escape::text(&comm),
+                    self.over_max_targets,
+                    if self.over_max_targets == 1 { "" } else { "es" }
+                );
+                self.note_untracked(
+                    pid,
+                    format!("--max-targets {} processes were already tracked", self.cfg.max_targets),
+                );
                 continue;
             }
             match allocator::find_allocators(pid) {
