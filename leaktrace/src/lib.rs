@@ -4,7 +4,9 @@
 /// `eprintln!` in every module below (macros are in scope textually). std's panics when stderr
 /// cannot be written: with `leaktrace ... 2>&1 | head -1`, stderr is a closed pipe, and the next
 /// notice would end the run with a panic (exit 101) instead of its report and exit code. A line
-/// that cannot be written has no one to be said to, so it is dropped.
+/// that cannot be written has no one to be said to, so it is dropped. (Unit tests keep std's,
+/// whose output the test harness captures.)
+#[cfg(not(test))]
 macro_rules! eprintln {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
@@ -13,6 +15,7 @@ macro_rules! eprintln {
 }
 
 /// `eprint!` likewise (the status line on a terminal, which may hang up).
+#[cfg(not(test))]
 macro_rules! eprint {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
