@@ -414,3 +414,52 @@ fn renamed_victim(test: &str, from_outside: bool) {
     let top = r["stacks"][0]["frames"].to_string();
     assert!(top.contains("leak_chunk"), "{}", r["stacks"]);
 }
+
+/// Item 8 of issue #11 for the watcher: `--track-comm` matching more processes than
+/// `--max-targets` tracks that many, and says how many it left out; a `--track-pid` list longer
+/// than the cap is refused as in `trace`.
+#[test]
+fn oom_tracks_at_most_max_targets() {
+    require_kernel!();
+    let dir = scratch("oom-max-targets");
+    std::fs::create_dir_all(&dir).unwrap();
+    // A name no other test or helper uses: a copy of sleep(1) named for this run.
+    let name = format!("mt{}", std::process::id() % 1_000_000);
+    let exe = dir.join(&name);
+    std::fs::copy("/bin/sleep", &exe).unwrap();
+    let mut kids: Vec<Child> = (0..2).map(|_| Command::new(&exe).arg("60").spawn().unwrap()).collect();
+    let (p0, p1) = (kids[0].id().to_string(), kids[1].id().to_string());
+    let refused = leaktrace()
+        .args(["oom", "--dir"])
+        .arg(dir.join("reports-pids"))
+        .args(["--max-targets", "1", "--track-pid", &p0, "--track-pid", &p1])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{said}");
+    assert!(said.contains("--track-pid: 2 processes given, more than --max-targets 1"), "{said}");
+
+    let mut lt = leaktrace()
+        .args(["oom", "--dir"])
+        .arg(dir.join("reports"))
+        .args(["--max-targets", "1", "--track-comm", &name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = Seen::new(Lines::new(lt.stderr.take().unwrap()));
+    err.wait("watching for OOM kills", TIMEOUT, &mut lt);
+    let warned = err.wait("--max-targets 1", TIMEOUT / 4, &mut lt);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(lt.id() as i32, libc::SIGTERM) };
+    assert!(wait_with_timeout(&mut lt).success());
+    for k in &mut kids {
+        let _ = k.kill();
+        let _ = k.wait();
+    }
+    let warned = warned.unwrap_or_else(|| panic!("no --max-targets warning: {:#?}", err.all));
+    assert!(warned.contains("1 more process"), "{warned}");
+    let tracked = err.all.iter().filter(|l| l.contains("leaktrace: tracking pid")).count();
+    assert_eq!(tracked, 1, "{:#?}", err.all);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -79,6 +79,7 @@ fn fixed_report() -> Report {
         missed_returns: 0,
         malformed_events: 0,
         symbolization_failures: 0,
+        mapping_records_lost: 0,
         sampled_set_full: 0,
         estimate_unreliable: false,
         estimate_unreliable_reason: None,
@@ -166,6 +167,23 @@ fn text_hints_at_stacks_hidden_by_top() {
     render(Format::Text, &r, &mut out).unwrap();
     let text = String::from_utf8(out).unwrap();
     assert!(text.contains("  ... 2 more stacks (raise --top to see them)\n"), "{text}");
+}
+
+#[test]
+fn text_and_json_say_how_many_mapping_records_were_lost() {
+    let mut out = Vec::new();
+    render(Format::Text, &fixed_report(), &mut out).unwrap();
+    assert!(!String::from_utf8(out).unwrap().contains("mapping records lost"));
+    let mut r = fixed_report();
+    r.mapping_records_lost = 7;
+    let mut out = Vec::new();
+    render(Format::Text, &r, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("\nmapping records lost: 7 (a library unloaded"), "{text}");
+    let mut out = Vec::new();
+    render(Format::Json, &r, &mut out).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["mapping_records_lost"], 7);
 }
 
 /// Strings a traced process controls, as it could set them.

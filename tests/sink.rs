@@ -380,6 +380,30 @@ fn diff_json_to_a_closed_pipe_exits_0() {
     }
 }
 
+/// `leaktrace ... 2>&1 | head -1`: stderr is the closed pipe too. A notice or the error line that
+/// cannot be written must not turn the exit code into a panic's 101.
+#[test]
+fn closed_stderr_keeps_the_exit_code() {
+    let out = leaktrace()
+        .args(["diff", "/nonexistent/a.json", "/nonexistent/b.json"])
+        .stdout(closed_pipe())
+        .stderr(closed_pipe())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "diff of missing files");
+    require_kernel!();
+    let hold = common::fixture("hold", &[]);
+    let out = leaktrace()
+        .args(["trace", "--min-age", "0s", "--"])
+        .arg(&hold)
+        .arg("10")
+        .stdout(closed_pipe())
+        .stderr(closed_pipe())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "trace");
+}
+
 #[test]
 fn fifo_without_a_reader_does_not_hang() {
     require_kernel!();

@@ -22,12 +22,6 @@ pub struct Pid(pub u32);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StackId(pub i32);
 
-impl StackId {
-    pub fn is_valid(self) -> bool {
-        self.0 >= 0
-    }
-}
-
 /// Where a surviving block came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum BlockKind {

@@ -170,6 +170,23 @@ impl AllocatorError {
     }
 }
 
+/// The most read of a file that cannot be memory-mapped.
+const UNMAPPABLE_CAP: u64 = 64 << 20;
+
+/// At most `cap` bytes of `file`; a longer file is an error rather than a shortened ELF.
+fn read_unmappable(file: impl std::io::Read, cap: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut data = Vec::new();
+    file.take(cap + 1).read_to_end(&mut data)?;
+    if data.len() as u64 > cap {
+        return Err(std::io::Error::other(format!(
+            "cannot be memory-mapped and is larger than {} MiB: not an executable or library",
+            cap >> 20
+        )));
+    }
+    Ok(data)
+}
+
 /// Looks for the malloc-family functions defined in the ELF file at `open_path`.
 ///
 /// `path_as_seen` is only recorded in the result. Returns `Ok(None)` when the file does
@@ -192,12 +209,13 @@ pub fn inspect_elf(
     // SAFETY: the mapping is private and read-only; a file truncated under us while we parse
     // it would fault, which is also what every loader and symbolizer reading it risks.
     let map = unsafe { memmap2::Mmap::map(&file) };
-    // Files that cannot be mapped (special files) are read whole; they are never large.
+    // Files that cannot be mapped (special files) are read, up to a cap: no executable or
+    // library is such a file, so one that is large is not worth reading on.
     let read;
     let data: &[u8] = match &map {
         Ok(map) => map,
         Err(_) => {
-            read = std::fs::read(open_path).map_err(|source| AllocatorError::Open {
+            read = read_unmappable(&file, UNMAPPABLE_CAP).map_err(|source| AllocatorError::Open {
                 path: open_path.to_path_buf(),
                 source,
             })?;
@@ -340,6 +358,13 @@ pub fn find_allocators(pid: u32) -> Result<Vec<AllocatorLib>, AllocatorError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unmappable_file_is_read_up_to_its_cap() {
+        assert_eq!(read_unmappable(&b"\x7fELF"[..], 4).unwrap(), b"\x7fELF");
+        let err = read_unmappable(std::io::repeat(0), 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("larger than 1 MiB"), "{err}");
+    }
 
     /// The libc this test binary runs with, as named in our own maps.
     fn own_libc() -> PathBuf {

@@ -219,9 +219,13 @@ pub struct OomArgs {
     /// are traced and their RSS sampled, so a kill of one reports the stacks holding memory.
     #[arg(long = "track-comm", value_name = "NAME")]
     pub track_comms: Vec<String>,
-    /// Track this process (repeatable).
+    /// Track this process (repeatable; a thread id stands for its process).
     #[arg(long = "track-pid", allow_hyphen_values = true, value_name = "PID")]
     pub track_pids: Vec<String>,
+    /// At most N processes are tracked at once: more --track-pid is refused; processes taking a
+    /// --track-comm name beyond the cap are not tracked, and each is warned about.
+    #[arg(long, default_value_t = crate::target::DEFAULT_MAX_TARGETS, value_name = "N")]
+    pub max_targets: usize,
     /// Also write a report (reason "threshold") when a tracked process's RSS crosses SIZE
     /// (e.g. 512MiB), once per crossing.
     #[arg(long, allow_hyphen_values = true, value_name = "SIZE")]
@@ -248,6 +252,7 @@ pub struct OomConfig {
     pub once: bool,
     pub track_comms: Vec<String>,
     pub track_pids: Vec<u32>,
+    pub max_targets: usize,
     pub snapshot_rss: Option<u64>,
     pub snapshot_memcg: Option<f64>,
     pub format: Format,
@@ -260,8 +265,10 @@ impl TryFrom<OomArgs> for OomConfig {
 
     fn try_from(a: OomArgs) -> Result<Self, Error> {
         let ring_size = parse_ring_size(&a.ring_size)?;
+        check_max_targets(a.max_targets)?;
         Ok(OomConfig {
             dir: a.dir,
+            max_targets: a.max_targets,
             once: a.once,
             track_comms: a.track_comms,
             track_pids: a

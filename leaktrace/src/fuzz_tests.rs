@@ -2,7 +2,8 @@
 //! records (`intake`), tracepoint format files (`tpformat`), durations, sizes, rates and
 //! percentages (`units`, `config`), saved reports (`saved`), and /proc text (`procinfo`:
 //! cmdline, status, cgroup, mountinfo). Two properties each: arbitrary bytes never panic, and
-//! valid input round-trips. /proc/PID/maps is not covered here: its parser is `allocator`'s.
+//! valid input round-trips. /proc/PID/maps is not covered here: `maps` tests its own parser on
+//! arbitrary bytes.
 //!
 //! Property tests rather than cargo-fuzz: cargo-fuzz needs the nightly toolchain and a
 //! sanitizer build of every dependency, while proptest runs inside `cargo test` on the stable

@@ -421,9 +421,7 @@ pub fn launch(cmd: &[OsString], signals: InheritedSignals) -> Result<Launched> {
         let mut libs: Vec<AllocatorLib> =
             allocator::inspect_elf(&path, &exe)?.into_iter().collect();
         add_own_libc(&mut libs)?;
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .map(|c| c.trim_end_matches('\n').to_string())
-            .unwrap_or_else(|_| basename(&resolved));
+        let comm = crate::procinfo::comm(pid as u32).unwrap_or_else(|| basename(&resolved));
         (libs, comm)
     } else {
         eprintln!(
@@ -438,7 +436,7 @@ pub fn launch(cmd: &[OsString], signals: InheritedSignals) -> Result<Launched> {
                 "leaktrace: warning: {} is not an ELF executable (a #! script?): without ptrace \
                  the program that runs it cannot be seen before it starts; only the C library's \
                  allocator is probed",
-                resolved.display()
+                crate::escape::text(&resolved.to_string_lossy())
             ),
             Err(e) => return Err(e.into()),
         }

@@ -1,4 +1,6 @@
 //! Thin entry point: parse, validate, run, map the result to an exit code.
+use std::io::Write;
+
 use clap::Parser;
 use leaktrace::{
     config::{AuditConfig, Cli, Command, OomConfig, TraceConfig},
@@ -37,7 +39,8 @@ fn main() {
         }
         // Usage errors: one line, like every other error (clap's own span several).
         Err(e) => {
-            eprintln!("leaktrace: {}", leaktrace::cli_error::usage_line(&e, &args));
+            // Not eprintln!: with stderr a closed pipe it panics, and the exit code is lost.
+            let _ = writeln!(std::io::stderr(), "leaktrace: {}", leaktrace::cli_error::usage_line(&e, &args));
             std::process::exit(EXIT_USAGE);
         }
     };
@@ -62,7 +65,7 @@ fn main() {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             // Errors can name what the traced process chose (its comm, its libraries' paths).
-            eprintln!("leaktrace: {}", leaktrace::escape::text(&e.to_string()));
+            let _ = writeln!(std::io::stderr(), "leaktrace: {}", leaktrace::escape::text(&e.to_string()));
             std::process::exit(e.exit_code());
         }
     }

@@ -74,11 +74,35 @@ pub enum MapsError {
     Read { pid: u32, source: io::Error },
     #[error("cannot parse /proc/{pid}/maps, line {line}: {why}")]
     Parse { pid: u32, line: usize, why: &'static str },
+    #[error(
+        "/proc/{pid}/maps is larger than {} MiB: process {pid} maps more than leaktrace reads \
+         (its mappings and their paths are the process's own choice)",
+        MAX_MAPS_BYTES >> 20
+    )]
+    TooLarge { pid: u32 },
 }
+
+/// The most of a maps file read. A line is at most ~4,200 bytes (a path is at most PATH_MAX), so
+/// the kernel's `vm.max_map_count` (65,530 by default, raised by root for some databases) bounds
+/// the file only to hundreds of MiB, and a process choosing long paths gets there; real processes
+/// with 260,000 mappings of ordinary paths stay near 25 MiB.
+pub const MAX_MAPS_BYTES: u64 = 64 << 20;
 
 /// Reads and parses `/proc/PID/maps`.
 pub fn read(pid: u32) -> Result<Vec<Mapping>, MapsError> {
-    let data = std::fs::read(format!("/proc/{pid}/maps")).map_err(|source| MapsError::Read { pid, source })?;
+    let file = std::fs::File::open(format!("/proc/{pid}/maps")).map_err(|source| MapsError::Read { pid, source })?;
+    read_from(file, pid, MAX_MAPS_BYTES)
+}
+
+/// Reads at most `cap` bytes of a maps file and parses them; a longer file is an error, never
+/// a silently shortened list of mappings.
+fn read_from(file: impl io::Read, pid: u32, cap: u64) -> Result<Vec<Mapping>, MapsError> {
+    let mut data = Vec::new();
+    io::Read::read_to_end(&mut io::Read::take(file, cap + 1), &mut data)
+        .map_err(|source| MapsError::Read { pid, source })?;
+    if data.len() as u64 > cap {
+        return Err(MapsError::TooLarge { pid });
+    }
     parse(&data).map_err(|(line, why)| MapsError::Parse { pid, line, why })
 }
 
@@ -243,6 +267,17 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
     fn trailing_spaces_of_a_name_are_kept() {
         let maps = parse(b"1000-2000 r-xp 00000000 08:01 5 /a b  \n").unwrap_or_default();
         assert_eq!(maps[0].file(), Some(Path::new("/a b  ")));
+    }
+
+    #[test]
+    fn a_maps_file_over_the_cap_is_an_error_not_a_shorter_list() {
+        let line = b"7f0000000000-7f0000001000 r-xp 00000000 08:01 42 /usr/lib/libc.so.6\n";
+        let data = line.repeat(4);
+        let fits = read_from(&data[..], 7, data.len() as u64).unwrap();
+        assert_eq!(fits.len(), 4);
+        let err = read_from(&data[..], 7, data.len() as u64 - 1).unwrap_err();
+        assert!(matches!(err, MapsError::TooLarge { pid: 7 }), "{err}");
+        assert!(err.to_string().starts_with("/proc/7/maps is larger than 64 MiB"), "{err}");
     }
 
     #[test]

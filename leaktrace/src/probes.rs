@@ -1,7 +1,7 @@
 //! Loading the eBPF object and attaching its programs: the only module that speaks aya's program
 //! and map API, so that an aya upgrade changes one file. Owns the attach order (releasing probes
 //! before allocating ones) and the scoping of uprobes to the traced processes.
-use std::{collections::HashMap as StdHashMap, num::NonZeroU32, os::fd::AsRawFd};
+use std::{collections::HashMap as StdHashMap, num::NonZeroU32};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -343,10 +343,6 @@ impl Probes {
             hits: sum(counter::HITS),
             sampled_full: sum(counter::SAMPLED_FULL),
         }
-    }
-
-    pub fn ring_fd(&self) -> Option<i32> {
-        self.ring.as_ref().map(|r| r.as_raw_fd())
     }
 }
 

@@ -1,7 +1,7 @@
-//! What /proc and cgroupfs say about a process's memory: its RSS, a forensic snapshot
-//! (cmdline, exe, selected `status` and `smaps_rollup` lines), its cgroup paths and memory
-//! cgroup counters, the system's largest processes, and whether an OOM kill was the cgroup's
-//! or the whole system's.
+//! What /proc and cgroupfs say about a process: its name (comm, read as bytes) and command line
+//! (capped), its RSS, a forensic snapshot (cmdline, exe, selected `status` and `smaps_rollup`
+//! lines), its cgroup paths and memory cgroup counters, the system's largest processes, and
+//! whether an OOM kill was the cgroup's or the whole system's.
 //!
 //! Readers are written for a process that is being killed: each file is read once, in order
 //! of value, never panics, and every failure is recorded rather than aborting the rest. The
@@ -27,6 +27,28 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     statm.resident.checked_mul(procfs::page_size())
 }
 
+/// The name of `pid` from `/proc/PID/comm`: the bytes the process chose (`prctl(PR_SET_NAME)`,
+/// up to 15 of them, any but NUL), as lossy UTF-8 with only the kernel's newline removed. A name
+/// that is not UTF-8 is still a name: the process is never skipped for it.
+pub fn comm(pid: u32) -> Option<String> {
+    read_comm(Path::new(&format!("/proc/{pid}/comm")))
+}
+
+fn read_comm(path: &Path) -> Option<String> {
+    // The kernel writes at most TASK_COMM_LEN bytes and a newline.
+    let (raw, _) = read_capped(path, 64).ok()?;
+    let raw = raw.strip_suffix(b"\n").unwrap_or(&raw);
+    Some(String::from_utf8_lossy(raw).into_owned())
+}
+
+/// Whether a name given with `--comm`/`--track-comm` is the name `comm` read by [`comm`]: the
+/// kernel keeps the first 15 bytes of a name, so a longer one matches its truncation (cut inside
+/// a character, it reads as that character's replacement, as `comm` does).
+pub fn comm_matches(name: &str, comm: &str) -> bool {
+    let b = name.as_bytes();
+    String::from_utf8_lossy(&b[..b.len().min(15)]) == comm
+}
+
 /// Caps on /proc files a target controls the size of: its command line (up to the kernel's
 /// argument limit, which `ulimit -s` raises), and the small text files, which a cap only
 /// protects against a kernel surprise. A capped read is said in `unavailable`.
@@ -41,6 +63,13 @@ fn read_capped(path: &Path, cap: u64) -> std::io::Result<(Vec<u8>, bool)> {
     let capped = buf.len() as u64 > cap;
     buf.truncate(cap as usize);
     Ok((buf, capped))
+}
+
+/// The arguments of `pid` (None when it has none: a kernel thread, or a process whose memory is
+/// already released) and whether they were cut at [`CMDLINE_CAP`].
+pub fn cmdline(pid: u32) -> std::io::Result<(Option<Vec<String>>, bool)> {
+    let (raw, capped) = read_capped(Path::new(&format!("/proc/{pid}/cmdline")), CMDLINE_CAP)?;
+    Ok((parse_cmdline(&raw), capped))
 }
 
 /// `read_capped` as text (lossy), noting a cap in `unavailable` under `what`.
@@ -119,8 +148,8 @@ pub fn snapshot(pid: u32) -> ProcSnapshot {
             .push("cgroup: the process had already left its cgroup (exiting)".to_string());
     }
 
-    match read_capped(&dir.join("cmdline"), CMDLINE_CAP) {
-        Ok((raw, capped)) => match parse_cmdline(&raw) {
+    match cmdline(pid) {
+        Ok((args, capped)) => match args {
             Some(args) if capped => {
                 s.unavailable.push(format!(
                     "cmdline: longer than {}, the last argument cut and the rest not read",
@@ -196,6 +225,7 @@ pub struct CgroupPaths {
 /// is also the view `memcg` resolves them in. Err only when the file cannot be read.
 pub fn cgroup_paths(pid: u32) -> Result<CgroupPaths, String> {
     let path = format!("/proc/{pid}/cgroup");
+    // Read whole: the kernel writes one line per hierarchy, a path of at most PATH_MAX each.
     fs::read_to_string(&path)
         .map(|text| parse_cgroup(&text))
         .map_err(|e| format!("{path}: {e}"))
@@ -292,6 +322,7 @@ const UNLIMITED_FROM: u64 = 1 << 62;
 /// memory controller), else cgroup2. None when the mounts or the cgroup directory cannot be
 /// found, e.g. because the cgroup was removed along with its last process.
 pub fn memcg(paths: &CgroupPaths) -> Option<Memcg> {
+    // Our own mount table, read whole: only root mounts in leaktrace's mount namespace.
     let mounts = parse_mountinfo(&fs::read_to_string("/proc/self/mountinfo").ok()?);
     if let Some(p) = &paths.memory_v1
         && let Some(dir) = resolve(&mounts.memory_v1, p)
@@ -330,6 +361,7 @@ fn read_v2(dir: &Path, path: &str) -> Memcg {
     }
 }
 
+// cgroupfs counters are a number or a few `key value` lines: read whole.
 fn read_u64(p: &Path) -> Option<u64> {
     fs::read_to_string(p).ok()?.trim().parse().ok()
 }
@@ -368,10 +400,9 @@ pub fn top_consumers(n: usize) -> Vec<Consumer> {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter_map(|pid| {
             let rss_bytes = rss_bytes(pid).filter(|&r| r > 0)?;
-            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
             Some(Consumer {
                 pid,
-                comm: comm.trim_end_matches('\n').to_string(),
+                comm: comm(pid)?,
                 rss_bytes,
             })
         })
@@ -435,6 +466,72 @@ pub fn oom_scope(m: Option<&Memcg>) -> (&'static str, String) {
 mod tests {
     use super::*;
     use std::process::{Child, Command};
+
+    #[test]
+    fn a_name_that_is_not_utf8_is_read_not_skipped() {
+        let path = std::thread::spawn(|| {
+            // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+            unsafe { libc::prctl(libc::PR_SET_NAME, c"\xffhog\x1b".as_ptr()) };
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() };
+            let path = PathBuf::from(format!("/proc/self/task/{tid}/comm"));
+            // Read while the thread lives: its entry goes with it.
+            (read_comm(&path), fs::read_to_string(&path).is_err())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(path.0.as_deref(), Some("\u{fffd}hog\x1b"));
+        assert!(path.1, "read_to_string (used before) refuses the name");
+    }
+
+    /// `spawn` returns when the child's old memory is released, before the kernel has set the
+    /// new program's arguments: until then its cmdline reads empty.
+    fn cmdline_once_exec_done(pid: u32) -> std::io::Result<(Option<Vec<String>>, bool)> {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let got = cmdline(pid)?;
+            if got.0.is_some() || std::time::Instant::now() > until {
+                return Ok(got);
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn a_command_line_over_the_cap_is_cut_and_says_so() {
+        // One argument is at most 128 KiB (MAX_ARG_STRLEN): three make 300 KiB.
+        let arg = "x".repeat(100 << 10);
+        // `read`, a builtin, keeps the shell itself waiting (a last `sleep` would be exec'd).
+        let mut child = Command::new("/bin/sh")
+            .args(["-c", "read x", &arg, &arg, &arg])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let got = cmdline_once_exec_done(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        let (args, capped) = got.unwrap();
+        assert!(capped);
+        let args = args.unwrap();
+        assert_eq!(args[..2], ["/bin/sh", "-c"]);
+        // Each argument and its NUL, but the last one, which is cut.
+        assert_eq!(args.iter().map(|a| a.len() + 1).sum::<usize>() - 1, CMDLINE_CAP as usize);
+
+        let mut child =
+            Command::new("/bin/sh").args(["-c", "read x"]).stdin(std::process::Stdio::piped()).spawn().unwrap();
+        let got = cmdline_once_exec_done(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(got.unwrap(), (Some(vec!["/bin/sh".into(), "-c".into(), "read x".into()]), false));
+    }
+
+    #[test]
+    fn a_long_name_matches_the_kernels_15_bytes() {
+        assert!(comm_matches("abcdefghijklmnopq", "abcdefghijklmno"));
+        assert!(!comm_matches("abc", "abcd"));
+        // 9 two-byte characters: the kernel keeps 7 and half of the 8th.
+        assert!(comm_matches("ééééééééé", "ééééééé\u{fffd}"));
+    }
 
     #[test]
     fn key_values_keep_kernel_text() {

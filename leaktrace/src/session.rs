@@ -100,10 +100,10 @@ impl Session {
         match crate::allocator::inspect_elf(&exe, &open) {
             Ok(Some(lib)) => match self.probes.attach_allocator(&lib, pid) {
                 Ok(_) => probed.push(id),
-                Err(e) => eprintln!("leaktrace: warning: pid {pid} after exec: {e}"),
+                Err(e) => exec_warning(pid, &e),
             },
             Ok(None) => {}
-            Err(e) => eprintln!("leaktrace: warning: pid {pid} after exec: {e}"),
+            Err(e) => exec_warning(pid, &e),
         }
     }
 
@@ -251,4 +251,10 @@ fn warn_single_stepped(lib: &AllocatorLib) {
             p.instruction
         );
     }
+}
+
+/// A failure to probe the program a traced process exec'd: the error names that program's path,
+/// which the process chose.
+fn exec_warning(pid: u32, e: &dyn std::fmt::Display) {
+    eprintln!("leaktrace: warning: pid {pid} after exec: {}", crate::escape::text(&e.to_string()));
 }

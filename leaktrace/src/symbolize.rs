@@ -133,10 +133,16 @@ impl Symbolizer {
         if lost_before == 0 && watch.lost > 0 {
             eprintln!(
                 "leaktrace: warning: the kernel dropped {} mapping records (their ring was \
-                 full); a library unloaded right after leaking may show as ??",
+                 full); a library unloaded right after leaking may show as ?? (counted in \
+                 mapping_records_lost)",
                 watch.lost
             );
         }
+    }
+
+    /// The kernel's mapping records lost to a full ring since the start (0 without a watcher).
+    pub fn mapping_records_lost(&self) -> u64 {
+        self.watch.as_ref().map_or(0, |w| w.lost)
     }
 
     /// Addresses that could not be symbolized because a file could not be read (not those
@@ -377,13 +383,18 @@ impl Symbolizer {
             cause = inner;
         }
         if self.warned.insert(cause.to_string()) {
-            eprintln!(
-                "leaktrace: warning: {what}: {}; such frames show as ?? (counted in \
-                 symbolization_failures)",
-                error_chain(e)
-            );
+            eprintln!("{}", failure_warning(what, e));
         }
     }
+}
+
+/// The warning for a symbolization failure. `what` names a module path the traced process
+/// chose, and the error may embed it again: the whole line is escaped.
+fn failure_warning(what: &str, e: &(dyn std::error::Error + 'static)) -> String {
+    format!(
+        "leaktrace: warning: {}; such frames show as ?? (counted in symbolization_failures)",
+        crate::escape::text(&format!("{what}: {}", error_chain(e)))
+    )
 }
 
 /// An error and its sources on one line.
@@ -449,6 +460,15 @@ fn read_maps(pid: u32) -> std::io::Result<Vec<Mapping>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failure_warning_escapes_the_module_path_and_the_error() {
+        let e = std::io::Error::other("/tmp/lib\x1b]0;owned\x07.so: bad ELF\nforged line");
+        let w = failure_warning("cannot symbolize addresses in /tmp/lib\x1b[2J.so", &e);
+        assert!(!w.chars().any(|c| c.is_control()), "{w:?}");
+        assert!(w.contains("/tmp/lib\\e[2J.so"), "{w}");
+        assert!(w.contains("bad ELF\\nforged line"), "{w}");
+    }
 
     #[inline(never)]
     #[unsafe(no_mangle)]

@@ -31,6 +31,8 @@ struct Stat {
 }
 
 fn stat(pid: u32) -> Option<Stat> {
+    // Read whole here and in `tgid`: the kernel bounds both files (a name of 15 bytes; status's
+    // longest line, Groups, by NGROUPS_MAX), whatever the process does.
     let raw = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
     let open = raw.iter().position(|&b| b == b'(')?;
     let close = raw.iter().rposition(|&b| b == b')')?;
@@ -44,7 +46,7 @@ fn stat(pid: u32) -> Option<Stat> {
 }
 
 /// The thread-group id of `tid` from `/proc/TID/status` (a thread's /proc entry exists, unlisted).
-fn tgid(tid: u32) -> Option<u32> {
+pub(crate) fn tgid(tid: u32) -> Option<u32> {
     let raw = std::fs::read(format!("/proc/{tid}/status")).ok()?;
     raw.split(|&b| b == b'\n')
         .find_map(|l| l.strip_prefix(b"Tgid:"))
@@ -73,9 +75,22 @@ pub fn check_pid(pid: u32) -> Result<Process> {
     })
 }
 
-/// Checks an explicit list of PIDs (`-p`, repeatable): each process once, whether named by its
-/// PID, again, or by one of its threads (said on stderr), and no more than `max` processes.
-pub fn resolve_pids(pids: &[u32], max: usize) -> Result<Vec<Process>> {
+/// The line said on stderr when `option` (`-p`, `--track-pid`) named one of a process's threads:
+/// that the process is `verb` ("tracing", "auditing") instead. None for a process named by its own PID.
+pub fn thread_note(p: &Process, option: &str, verb: &str) -> Option<String> {
+    let tid = p.thread?;
+    Some(format!(
+        "leaktrace: {option} {tid} is a thread of process {} ({}): {verb} process {}",
+        p.pid,
+        crate::escape::text(&p.comm),
+        p.pid
+    ))
+}
+
+/// Checks an explicit list of PIDs (`option`: trace's `-p`, oom's `--track-pid`, repeatable):
+/// each process once, whether named by its PID, again, or by one of its threads (said on
+/// stderr), and no more than `max` processes.
+pub fn resolve_pids(pids: &[u32], max: usize, option: &str) -> Result<Vec<Process>> {
     let mut given = std::collections::HashSet::new();
     let mut out: Vec<Process> = Vec::new();
     // In the order given, each id looked at once (200 copies of one PID cost one look).
@@ -84,11 +99,8 @@ pub fn resolve_pids(pids: &[u32], max: usize) -> Result<Vec<Process>> {
             continue;
         }
         let p = check_pid(pid)?;
-        if let Some(tid) = p.thread {
-            eprintln!(
-                "leaktrace: -p {tid} is a thread of process {} ({}): tracing process {}",
-                p.pid, crate::escape::text(&p.comm), p.pid
-            );
+        if let Some(note) = thread_note(&p, option, "tracing") {
+            eprintln!("{note}");
         }
         if !out.iter().any(|o| o.pid == p.pid) {
             out.push(p);
@@ -96,7 +108,7 @@ pub fn resolve_pids(pids: &[u32], max: usize) -> Result<Vec<Process>> {
     }
     if out.len() > max {
         return Err(Error::Usage(format!(
-            "-p: {} processes given, more than --max-targets {max}: give fewer, or raise --max-targets",
+            "{option}: {} processes given, more than --max-targets {max}: give fewer, or raise --max-targets",
             out.len()
         )));
     }
@@ -151,4 +163,25 @@ fn mount_if_missing(dir: &Path, fstype: &str) -> Result<()> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_note_only_for_a_thread_and_escapes_its_comm() {
+        let mut p = Process { pid: 10, comm: "w\x1b[2J\nx".into(), thread: None };
+        assert_eq!(thread_note(&p, "-p", "tracing"), None);
+        p.thread = Some(12);
+        assert_eq!(
+            thread_note(&p, "-p", "auditing").unwrap(),
+            "leaktrace: -p 12 is a thread of process 10 (w\\e[2J\\nx): auditing process 10"
+        );
+    }
+
+    #[test]
+    fn tgid_of_this_thread_is_this_process() {
+        assert_eq!(tgid(std::process::id()), Some(std::process::id()));
+    }
 }

@@ -58,7 +58,7 @@ pub async fn run(cfg: TraceConfig) -> Result<()> {
     let mut held = None;
     match &cfg.target {
         Target::Pids(pids) => {
-            for p in target::resolve_pids(pids, cfg.max_targets)? {
+            for p in target::resolve_pids(pids, cfg.max_targets, "-p")? {
                 let libs = allocator::find_allocators(p.pid).map_err(|e| attach_error(p.pid, e.into()))?;
                 if libs.is_empty() {
                     return Err(Error::NoAllocator { pid: p.pid, comm: p.comm });

@@ -2,7 +2,8 @@
 //! says whether memory was growing (leak-like), tidal (fills and frees back), flat, or unknown.
 //!
 //! Pure: it does no sampling (see `procinfo::rss_bytes`) and no rendering beyond the one
-//! `explanation` sentence. `oom` uses it on the victim's last seconds; `audit` will reuse it.
+//! `explanation` sentence. `oom` uses it on the victim's last seconds, `audit` on each audited
+//! process's window.
 
 use std::collections::VecDeque;
 

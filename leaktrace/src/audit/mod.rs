@@ -45,6 +45,8 @@ pub struct ProcInfo {
     pub comm: String,
     pub exe: Option<String>,
     pub cmdline: Vec<String>,
+    /// The command line was longer than leaktrace reads: `cmdline` ends early.
+    pub cmdline_truncated: bool,
     pub history: History,
     pub exited: bool,
 }
@@ -254,11 +256,8 @@ fn initial_targets(sel: &Selection, max_targets: usize) -> Result<Initial> {
         }
         match target::check_pid(given) {
             Ok(p) => {
-                if let Some(tid) = p.thread {
-                    eprintln!(
-                        "leaktrace: -p {tid} is a thread of process {} ({}): auditing process {}",
-                        p.pid, crate::escape::text(&p.comm), p.pid
-                    );
+                if let Some(note) = target::thread_note(&p, "-p", "auditing") {
+                    eprintln!("{note}");
                 }
                 if !init.pids.contains(&p.pid) {
                     init.pids.push(p.pid);
@@ -278,7 +277,7 @@ fn initial_targets(sel: &Selection, max_targets: usize) -> Result<Initial> {
     for name in comms {
         let found: Vec<u32> = all_pids()
             .into_iter()
-            .filter(|&p| p != me && comm_of(p).is_some_and(|c| comm_matches(name, &c)))
+            .filter(|&p| p != me && procinfo::comm(p).is_some_and(|c| procinfo::comm_matches(name, &c)))
             .collect();
         if found.is_empty() {
             unmatched.push(format!("--comm {name} matches no process"));
@@ -324,17 +323,6 @@ fn all_pids() -> Vec<u32> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn comm_of(pid: u32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .ok()
-        .map(|c| c.trim_end().to_string())
-}
-
-/// The kernel keeps 15 bytes of a name; a longer --comm matches its truncation.
-fn comm_matches(name: &str, comm: &str) -> bool {
-    name.chars().take(15).collect::<String>() == comm
 }
 
 fn normalize_cgroup(p: &str) -> String {
@@ -387,13 +375,17 @@ impl Audit<'_> {
                 })
                 .processes += 1;
         }
-        let snap = procinfo::snapshot(pid);
+        // Only what the report shows: a full snapshot would also walk every mapping
+        // (smaps_rollup) of each audited process.
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        let (cmdline, cmdline_truncated) = procinfo::cmdline(pid).unwrap_or_default();
         self.procs.insert(
             pid,
             ProcInfo {
                 comm: p.comm,
-                exe: snap.exe,
-                cmdline: snap.cmdline.unwrap_or_default(),
+                exe: exe.map(|e| e.to_string_lossy().into_owned()),
+                cmdline: cmdline.unwrap_or_default(),
+                cmdline_truncated,
                 history: History::new(3600),
                 exited: false,
             },
@@ -520,7 +512,7 @@ impl Audit<'_> {
             if let Watch::Exec { pid, comm } = w
                 && let Selection::Chosen { comms, cgroups, .. } = &self.cfg.selection
             {
-                let wanted = comms.iter().any(|n| comm_matches(n, &comm))
+                let wanted = comms.iter().any(|n| procinfo::comm_matches(n, &comm))
                     || cgroups.iter().any(|c| in_cgroup(pid, c));
                 if wanted {
                     self.pending.insert(pid, Instant::now());

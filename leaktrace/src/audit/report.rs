@@ -46,6 +46,10 @@ pub struct AuditProcess {
     pub comm: String,
     pub exe: Option<String>,
     pub cmdline: Vec<String>,
+    /// The command line was longer than leaktrace reads (256 KiB): `cmdline` ends early.
+    /// Absent when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cmdline_truncated: bool,
     pub exited: bool,
     /// Surviving bytes older than min-age at the end, per second of the window in which they
     /// could have been allocated (duration − min-age).
@@ -145,6 +149,7 @@ pub fn build(b: BuildInput<'_>) -> AuditReport {
                 comm: p.info.comm,
                 exe: p.info.exe,
                 cmdline: p.info.cmdline,
+                cmdline_truncated: p.info.cmdline_truncated,
                 exited: p.info.exited,
                 leak_rate_bytes_per_s: leaked_bytes as f64 / window,
                 leaked_bytes,
@@ -241,6 +246,7 @@ impl AuditReport {
             estimate_unreliable: self.estimate_unreliable,
             estimate_unreliable_reason: self.estimate_unreliable_reason.clone(),
             symbolization_failures: 0,
+            mapping_records_lost: 0,
             events: 0,
             group_by: crate::config::GroupBy::Stack,
             sample_rate: self.sample_rate,

@@ -70,6 +70,8 @@ struct Watcher<'a> {
     pending: HashMap<u32, (String, Instant)>,
     /// Why a process with a tracked name is not tracked (no allocator, attach failed).
     untracked: HashMap<u32, String>,
+    /// Processes with a tracked name left untracked because `--max-targets` were tracked.
+    over_max_targets: u64,
     /// `task/task_rename`'s layout, when tracking by name on a kernel that has it.
     rename_layout: Option<Layout>,
     /// Reports waiting for the directory to take them.
@@ -92,11 +94,8 @@ pub async fn run(cfg: OomConfig) -> Result<()> {
     })?;
     prepare_dir(&cfg.dir)?;
     let metrics = crate::session::start_metrics(cfg.metrics_addr).await?;
-    let explicit: Vec<target::Process> = cfg
-        .track_pids
-        .iter()
-        .map(|&p| target::check_pid(p))
-        .collect::<Result<_>>()?;
+    // Each process once (a repeat or a thread of it would attach its probes again).
+    let explicit = target::resolve_pids(&cfg.track_pids, cfg.max_targets, "--track-pid")?;
 
     let mut session = Session::new(
         cfg.ring_size,
@@ -131,6 +130,7 @@ pub async fn run(cfg: OomConfig) -> Result<()> {
         tracked: HashMap::new(),
         pending: HashMap::new(),
         untracked: HashMap::new(),
+        over_max_targets: 0,
         rename_layout,
         held: Held::new(MAX_HELD),
         kills: kills::KillCounts::read(),
@@ -154,7 +154,7 @@ pub async fn run(cfg: OomConfig) -> Result<()> {
     w.attach_pending();
     let matched = w.tracked.len();
     for name in &cfg.track_comms {
-        if !w.tracked.values().any(|t| comm_matches(name, &t.comm)) {
+        if !w.tracked.values().any(|t| procinfo::comm_matches(name, &t.comm)) {
             eprintln!(
                 "leaktrace: no process named {name} yet; it will be tracked when it starts or takes that name"
             );
@@ -210,7 +210,6 @@ struct Unwritten {
     report: OomReport,
 }
 
-/// Creates DIR 0700 if missing; refuses a non-directory or one we cannot write.
 /// Makes sure `--dir` is a private directory of root's before anything is traced: created 0700
 /// when missing; an existing one is used as it is (never chmodded: `--dir /tmp` must not lock
 /// everyone out of /tmp) or refused when it is a symbolic link, someone else's, or writable by
@@ -272,11 +271,6 @@ fn prepare_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The kernel keeps 15 bytes of a name; a longer --track-comm matches its truncation.
-fn comm_matches(name: &str, comm: &str) -> bool {
-    let n: String = name.chars().take(15).collect();
-    n == comm
-}
 
 fn processes_named(names: &[String]) -> Vec<(u32, String)> {
     if names.is_empty() {
@@ -289,9 +283,8 @@ fn processes_named(names: &[String]) -> Vec<(u32, String)> {
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| pid != me)
         .filter_map(|pid| {
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-            let comm = comm.trim_end().to_string();
-            names.iter().any(|n| comm_matches(n, &comm)).then_some((pid, comm))
+            let comm = procinfo::comm(pid)?;
+            names.iter().any(|n| procinfo::comm_matches(n, &comm)).then_some((pid, comm))
         })
         .collect()
 }
@@ -327,6 +320,24 @@ impl Watcher<'_> {
                 self.pending.remove(&pid);
                 continue;
             }
+            if self.tracked.len() >= self.cfg.max_targets {
+                self.pending.remove(&pid);
+                self.over_max_targets += 1;
+                eprintln!(
+                    "leaktrace: warning: --max-targets {}: not tracking pid {pid} ({}); {} more \
+                     process{} with a tracked name left untracked so far (raise --max-targets to \
+                     track them)",
+                    self.cfg.max_targets,
+                    escape::text(&comm),
+                    self.over_max_targets,
+                    if self.over_max_targets == 1 { "" } else { "es" }
+                );
+                self.note_untracked(
+                    pid,
+                    format!("--max-targets {} processes were already tracked", self.cfg.max_targets),
+                );
+                continue;
+            }
             match allocator::find_allocators(pid) {
                 Ok(libs) if !libs.is_empty() => {
                     self.pending.remove(&pid);
@@ -357,7 +368,7 @@ impl Watcher<'_> {
             match watch {
                 Watch::OomVictim(raw) => self.on_oom(&raw),
                 Watch::Exec { pid, comm } => {
-                    if self.cfg.track_comms.iter().any(|n| comm_matches(n, &comm)) {
+                    if self.cfg.track_comms.iter().any(|n| procinfo::comm_matches(n, &comm)) {
                         self.untracked.remove(&pid);
                         self.pending.insert(pid, (comm, Instant::now()));
                         self.attach_pending();
@@ -444,13 +455,14 @@ impl Watcher<'_> {
             self.session.malformed += 1;
             return;
         };
-        if !self.cfg.track_comms.iter().any(|n| comm_matches(n, &r.comm)) {
+        if !self.cfg.track_comms.iter().any(|n| procinfo::comm_matches(n, &r.comm)) {
             return;
         }
         let Some(pid) = r.pid else {
             eprintln!(
                 "leaktrace: thread {} took the name {} but exited before its process was known; not tracking it",
-                r.tid, r.comm
+                r.tid,
+                escape::text(&r.comm)
             );
             return;
         };
@@ -707,7 +719,7 @@ impl Watcher<'_> {
 /// Why a victim's stacks are missing and what to do: the advice to add `--track-comm` only when
 /// it was not given for that name.
 fn untracked_reason(comm: &str, track_comms: &[String], known: Option<&str>) -> String {
-    if let Some(name) = track_comms.iter().find(|n| comm_matches(n, comm)) {
+    if let Some(name) = track_comms.iter().find(|n| procinfo::comm_matches(n, comm)) {
         let why = known.unwrap_or(
             "leaktrace had not attached to it when it was killed (it took that name, or mapped \
              its allocator, only moments before)",
@@ -737,9 +749,7 @@ fn victim_from_proc(pid: u32, proc: &ProcSnapshot) -> Victim {
     };
     Victim {
         pid,
-        comm: std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .map(|c| c.trim_end().to_string())
-            .unwrap_or_default(),
+        comm: procinfo::comm(pid).unwrap_or_default(),
         cmdline: None,
         uid: std::fs::metadata(format!("/proc/{pid}")).ok().map(|m| m.uid()),
         cgroup: None,

@@ -36,19 +36,10 @@ impl Rename {
         let pid = if tid == cur_tid {
             Some(cur_pid)
         } else {
-            tgid_of(tid)
+            crate::target::tgid(tid)
         };
         Some(Rename { pid, tid, comm })
     }
-}
-
-/// The process (thread group) of thread `tid`, from /proc/TID/status.
-fn tgid_of(tid: u32) -> Option<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Tgid:"))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 #[cfg(test)]

@@ -138,6 +138,10 @@ pub struct Report {
     /// say); each cause was warned about once on stderr. Absent when 0.
     #[serde(skip_serializing_if = "is_zero")]
     pub symbolization_failures: u64,
+    /// The kernel's records of executable mappings dropped because their ring was full: a
+    /// library unloaded right after leaking may then show as ??. Absent when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub mapping_records_lost: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -199,6 +203,7 @@ pub fn build(
         missed_returns: ctx.counters.missed_returns + ctx.counters.pending_full,
         malformed_events: ctx.malformed,
         symbolization_failures: sym.failures(),
+        mapping_records_lost: sym.mapping_records_lost(),
     }
 }
 

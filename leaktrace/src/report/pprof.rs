@@ -537,6 +537,7 @@ mod tests {
             missed_returns: 0,
             malformed_events: 0,
             symbolization_failures: 0,
+            mapping_records_lost: 0,
             sampled_set_full: 0,
             estimate_unreliable: false,
             estimate_unreliable_reason: None,

@@ -66,6 +66,13 @@ pub fn render(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
             r.symbolization_failures
         )?;
     }
+    if r.mapping_records_lost > 0 {
+        writeln!(
+            out,
+            "mapping records lost: {} (a library unloaded right after leaking may show as ??)",
+            r.mapping_records_lost
+        )?;
+    }
     Ok(())
 }
 
