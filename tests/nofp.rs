@@ -11,20 +11,11 @@ use std::{
     process::{Command, Stdio},
 };
 
-use common::{Lines, last_report, leaktrace, sites, wait_with_timeout};
+use common::{
+    LEAKY_ABSENT as ABSENT, LEAKY_SITES as EXPECTED, Lines, last_report, leaktrace, sites,
+    wait_with_timeout,
+};
 
-/// Per run of the leak set (tests/fixtures/leaky.c); the fixture runs it on two threads.
-const EXPECTED: &[(&str, u64, u64)] = &[
-    ("leak_malloc", 4, 4 * 1000),
-    ("leak_calloc", 3, 3 * 1024),
-    ("leak_realloc_chain", 1, 5000),
-    ("leak_mmap", 1, 12288),
-    ("leak_posix_memalign", 2, 2 * 2048),
-    ("leak_aligned_alloc", 2, 2 * 4096),
-    ("leak_memalign", 2, 2 * 3000),
-    ("leak_big_malloc", 1, 262144),
-];
-const ABSENT: &[&str] = &["pair_malloc_free", "calloc_overflow", "munmap_pair", "pre_attach_alloc"];
 
 const MIMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2";
 
@@ -57,22 +48,7 @@ fn check_sites(report: &serde_json::Value, exe_name: &str) {
 /// As `check_sites`, for a static executable, which holds libc too: a site is the first frame
 /// in the fixture's source file. The runtime's own allocations (the static loader's) are let be.
 fn check_static_sites(report: &serde_json::Value) {
-    let mut got = BTreeMap::new();
-    for p in report["processes"].as_array().expect("processes[]") {
-        for s in p["stacks"].as_array().expect("stacks[]") {
-            let site = s["frames"]
-                .as_array()
-                .expect("frames[]")
-                .iter()
-                .find(|f| f["file"].as_str().is_some_and(|m| m.ends_with("/leaky.c")))
-                .and_then(|f| f["function"].as_str())
-                .unwrap_or("<outside fixture>")
-                .to_string();
-            let e = got.entry(site).or_insert((0, 0));
-            e.0 += s["count"].as_u64().expect("count");
-            e.1 += s["bytes"].as_u64().expect("bytes");
-        }
-    }
+    let got = common::sites_by(report, |f| f["file"].as_str().is_some_and(|m| m.ends_with("/leaky.c")));
     check_site_counts(report, &got, false);
 }
 

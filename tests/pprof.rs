@@ -12,19 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{leaktrace, wait_with_timeout};
+use common::{LEAKY_SITES as EXPECTED, leaktrace, wait_with_timeout};
 
-/// (site, count, bytes) per run of the leak set; the fixture runs it on two threads.
-const EXPECTED: &[(&str, u64, u64)] = &[
-    ("leak_malloc", 4, 4 * 1000),
-    ("leak_calloc", 3, 3 * 1024),
-    ("leak_realloc_chain", 1, 5000),
-    ("leak_mmap", 1, 12288),
-    ("leak_posix_memalign", 2, 2 * 2048),
-    ("leak_aligned_alloc", 2, 2 * 4096),
-    ("leak_memalign", 2, 2 * 3000),
-    ("leak_big_malloc", 1, 262144),
-];
 
 /// Runs `cmd` to completion with a deadline, collecting its output.
 fn output_with_deadline(cmd: &mut Command, limit: Duration) -> Output {

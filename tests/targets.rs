@@ -103,7 +103,7 @@ fn sigint(child: &Child) {
 
 /// (count, bytes) per function of the fixture named in the frames' module.
 fn sites_in(report: &Value, module_has: &str) -> BTreeMap<String, (u64, u64)> {
-    common::sites_by(report, |m| m.contains(module_has))
+    common::sites_by(report, |f| f["module"].as_str().is_some_and(|m| m.contains(module_has)))
 }
 
 fn check_fixture_sites(report: &Value, pid: u32) {
@@ -252,17 +252,6 @@ fn sigint_during_a_long_attach_ends_the_run() {
     assert_eq!(r["report"], "final");
 }
 
-/// The leak sites of tests/fixtures/leaky.c, per run of its leak set (it runs it twice).
-const LEAKY: &[(&str, u64, u64)] = &[
-    ("leak_malloc", 4, 4 * 1000),
-    ("leak_calloc", 3, 3 * 1024),
-    ("leak_realloc_chain", 1, 5000),
-    ("leak_mmap", 1, 12288),
-    ("leak_posix_memalign", 2, 2 * 2048),
-    ("leak_aligned_alloc", 2, 2 * 4096),
-    ("leak_memalign", 2, 2 * 3000),
-    ("leak_big_malloc", 1, 262144),
-];
 
 /// leaky.c copied to `lt<NL>bad<FF>` (a newline and a byte that is not UTF-8) in a fresh directory.
 fn hostile_copy_of_leaky() -> PathBuf {
@@ -298,7 +287,7 @@ fn hostile_executable_path_is_traced_exactly() {
     let report = last_report(&out);
     // However a renderer escapes the module's path, "bad" stays in it.
     let got = sites_in(&report, "bad");
-    for (site, count, bytes) in LEAKY {
+    for (site, count, bytes) in common::LEAKY_SITES {
         assert_eq!(got.get(*site), Some(&(2 * count, 2 * bytes)), "{site}: {got:#?}");
     }
 }

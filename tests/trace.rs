@@ -6,25 +6,11 @@ mod common;
 
 use std::{collections::BTreeMap, io::Write, process::Stdio};
 
-use common::{Lines, last_report, leaktrace, sites, wait_with_timeout};
+use common::{
+    LEAKY_ABSENT as ABSENT, LEAKY_SITES as EXPECTED, Lines, last_report, leaktrace, sites,
+    wait_with_timeout,
+};
 
-/// Per run of the leak set; the fixture runs it on two threads.
-const EXPECTED: &[(&str, u64, u64)] = &[
-    ("leak_malloc", 4, 4 * 1000),
-    ("leak_calloc", 3, 3 * 1024),
-    ("leak_realloc_chain", 1, 5000),
-    ("leak_mmap", 1, 12288),
-    ("leak_posix_memalign", 2, 2 * 2048),
-    ("leak_aligned_alloc", 2, 2 * 4096),
-    ("leak_memalign", 2, 2 * 3000),
-    ("leak_big_malloc", 1, 262144),
-];
-const ABSENT: &[&str] = &[
-    "pair_malloc_free",
-    "calloc_overflow",
-    "munmap_pair",
-    "pre_attach_alloc",
-];
 
 fn check_sites(report: &serde_json::Value) {
     let got = sites(report, "/leaky");

@@ -13,6 +13,22 @@ use std::{
 
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The leak sites of tests/fixtures/leaky.c, (function, count, bytes) per run of its leak set
+/// (it runs the set on two threads).
+pub const LEAKY_SITES: &[(&str, u64, u64)] = &[
+    ("leak_malloc", 4, 4 * 1000),
+    ("leak_calloc", 3, 3 * 1024),
+    ("leak_realloc_chain", 1, 5000),
+    ("leak_mmap", 1, 12288),
+    ("leak_posix_memalign", 2, 2 * 2048),
+    ("leak_aligned_alloc", 2, 2 * 4096),
+    ("leak_memalign", 2, 2 * 3000),
+    ("leak_big_malloc", 1, 262144),
+];
+
+/// What leaky.c allocates and frees (or never gets): never reported.
+pub const LEAKY_ABSENT: &[&str] = &["pair_malloc_free", "calloc_overflow", "munmap_pair", "pre_attach_alloc"];
+
 pub fn leaktrace() -> Command {
     Command::new(env!("CARGO_BIN_EXE_leaktrace"))
 }
@@ -119,13 +135,13 @@ pub fn wait_with_timeout(child: &mut Child) -> ExitStatus {
 
 /// (count, bytes) per leak site: the first frame in `module_suffix` names the site.
 pub fn sites(report: &serde_json::Value, module_suffix: &str) -> BTreeMap<String, (u64, u64)> {
-    sites_by(report, |m| m.ends_with(module_suffix))
+    sites_by(report, |f| f["module"].as_str().is_some_and(|m| m.ends_with(module_suffix)))
 }
 
-/// (count, bytes) per leak site: the first frame whose module `in_fixture` accepts names it.
+/// (count, bytes) per leak site: the first frame that `in_fixture` accepts names it.
 pub fn sites_by(
     report: &serde_json::Value,
-    in_fixture: impl Fn(&str) -> bool,
+    in_fixture: impl Fn(&serde_json::Value) -> bool,
 ) -> BTreeMap<String, (u64, u64)> {
     let mut out = BTreeMap::new();
     for p in report["processes"].as_array().expect("processes[]") {
@@ -134,7 +150,7 @@ pub fn sites_by(
                 .as_array()
                 .expect("frames[]")
                 .iter()
-                .find(|f| f["module"].as_str().is_some_and(&in_fixture))
+                .find(|f| in_fixture(f))
                 .and_then(|f| f["function"].as_str())
                 .unwrap_or("<outside fixture>")
                 .to_string();
