@@ -108,24 +108,18 @@ fn own_pid() {
 #[test]
 fn zombie() {
     require_kernel!();
-    // `true` exits at once; the shell execs into sleep, which never reaps it.
-    let mut parent = Command::new("sh")
-        .arg("-c")
-        .arg("true & echo $!; exec sleep 60")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = Lines::new(parent.stdout.take().unwrap());
-    let zpid: u32 = lines.wait_for("").trim().parse().unwrap();
+    // `true` exits at once and stays a zombie until this test reaps it: a shell parent
+    // (`true & exec sleep`) may reap it itself before the exec, which left nothing to find.
+    let mut z = Command::new("true").spawn().unwrap();
+    let zpid = z.id();
     let stat = format!("/proc/{zpid}/stat");
     let deadline = std::time::Instant::now() + common::TIMEOUT;
-    while !std::fs::read_to_string(&stat).unwrap_or_default().contains(") Z ") {
+    while !std::fs::read_to_string(&stat).unwrap().contains(") Z ") {
         assert!(std::time::Instant::now() < deadline, "{zpid} never became a zombie");
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     let out = run(leaktrace().args(["trace", "-p", &zpid.to_string()]));
-    parent.kill().unwrap();
-    wait_with_timeout(&mut parent);
+    z.wait().unwrap();
     assert_usage_error(&out, &[&format!("process {zpid}"), "zombie"]);
 }
 

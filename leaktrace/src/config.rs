@@ -89,7 +89,8 @@ pub struct AuditArgs {
     pub top: usize,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
-    /// Write the report to FILE instead of stdout.
+    /// Write the report to FILE instead of stdout (mode 0600, through a temporary and a rename;
+    /// never through a symbolic link).
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// Sample allocations by bytes (each byte with probability 1/BYTES) and scale the estimates;
@@ -388,7 +389,8 @@ pub struct TraceArgs {
     /// (with --interval the file is replaced by each report).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
-    /// Write reports to FILE instead of stdout.
+    /// Write reports to FILE instead of stdout (mode 0600, through a temporary and a rename;
+    /// never through a symbolic link).
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// Group the top view by stack, by allocating function or by source line.
