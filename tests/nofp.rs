@@ -5,16 +5,12 @@
 mod common;
 
 use std::{
-    collections::BTreeMap,
     io::Write,
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
-use common::{
-    LEAKY_ABSENT as ABSENT, LEAKY_SITES as EXPECTED, Lines, last_report, leaktrace, sites,
-    wait_with_timeout,
-};
+use common::{Lines, last_report, leaktrace, sites, wait_with_timeout};
 
 
 const MIMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2";
@@ -42,36 +38,14 @@ fn leaky_variant(name: &str, flags: &[&str]) -> PathBuf {
 /// The sites of the fixture named by its file name `exe_name`: exact counts and bytes, the
 /// freed and failed ones absent, nothing lost.
 fn check_sites(report: &serde_json::Value, exe_name: &str) {
-    check_site_counts(report, &sites(report, &format!("/{exe_name}")), true);
+    common::check_leaky_sites(report, &sites(report, &format!("/{exe_name}")), true);
 }
 
 /// As `check_sites`, for a static executable, which holds libc too: a site is the first frame
 /// in the fixture's source file. The runtime's own allocations (the static loader's) are let be.
 fn check_static_sites(report: &serde_json::Value) {
     let got = common::sites_by(report, |f| f["file"].as_str().is_some_and(|m| m.ends_with("/leaky.c")));
-    check_site_counts(report, &got, false);
-}
-
-fn check_site_counts(report: &serde_json::Value, got: &BTreeMap<String, (u64, u64)>, only_expected: bool) {
-    for (site, count, bytes) in EXPECTED {
-        assert_eq!(
-            got.get(*site),
-            Some(&(2 * count, 2 * bytes)),
-            "site {site}: (count, bytes); all sites: {got:#?}"
-        );
-    }
-    for site in ABSENT {
-        assert!(!got.contains_key(*site), "{site} must not be reported: {got:#?}");
-    }
-    if only_expected {
-        let unexpected: BTreeMap<_, _> = got
-            .iter()
-            .filter(|(s, _)| *s != "<outside fixture>" && !EXPECTED.iter().any(|e| e.0 == s.as_str()))
-            .collect();
-        assert!(unexpected.is_empty(), "unexpected sites: {unexpected:#?}");
-    }
-    assert_eq!(report["lost_events"], 0);
-    assert_eq!(report["stack_errors"], 0);
+    common::check_leaky_sites(report, &got, false);
 }
 
 /// Every frame of every stack, as (function, module).

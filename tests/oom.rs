@@ -6,10 +6,10 @@ mod cgroup;
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
 };
 
-use cgroup::{Cgroup, LIMIT};
+use cgroup::{Cgroup, LIMIT, start_watcher};
 use common::{Lines, leaktrace, wait_with_timeout};
 
 fn report_dir(name: &str) -> PathBuf {
@@ -31,21 +31,6 @@ fn reports(dir: &Path, reason: &str) -> Vec<serde_json::Value> {
         }
     }
     out
-}
-
-/// Starts `leaktrace oom` and waits until it watches.
-fn start_watcher(dir: &Path, extra: &[&str]) -> (Child, Lines) {
-    let mut lt = leaktrace()
-        .args(["oom", "--dir"])
-        .arg(dir)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let err = Lines::new(lt.stderr.take().unwrap());
-    err.wait_for("watching for OOM kills");
-    (lt, err)
 }
 
 fn check_victim(r: &serde_json::Value, pid: u32, cg: &Cgroup) {
@@ -71,7 +56,7 @@ fn tracked_victim_report_has_its_leaking_stack() {
     };
     let exe = common::fixture("oomleak", &[]);
     let dir = report_dir("oom-tracked");
-    let (mut lt, _err) = start_watcher(&dir, &["--once", "--track-comm", "oomleak"]);
+    let (mut lt, _out, _err) = start_watcher(&dir, &["--once", "--track-comm", "oomleak"]);
     let mut fx = cg.spawn(&exe, &[]);
     let pid = fx.id();
     let st = wait_with_timeout(&mut lt);
@@ -115,7 +100,7 @@ fn untracked_victim_still_gets_a_report() {
     };
     let exe = common::fixture("oomleak", &[]);
     let dir = report_dir("oom-untracked");
-    let (mut lt, _err) = start_watcher(&dir, &["--once"]);
+    let (mut lt, _out, _err) = start_watcher(&dir, &["--once"]);
     let mut fx = cg.spawn(&exe, &[]);
     let pid = fx.id();
     assert!(wait_with_timeout(&mut lt).success());
@@ -139,7 +124,7 @@ fn a_victim_gone_before_the_watcher_looks_is_still_placed_in_its_cgroup() {
     };
     let exe = common::fixture("oomleak", &[]);
     let dir = report_dir("oom-gone");
-    let (mut lt, _err) = start_watcher(&dir, &["--once"]);
+    let (mut lt, _out, _err) = start_watcher(&dir, &["--once"]);
     // SAFETY: signals to our own child.
     unsafe { libc::kill(lt.id() as i32, libc::SIGSTOP) };
     let mut fx = cg.spawn(&exe, &[]);
@@ -164,7 +149,7 @@ fn threshold_snapshot_before_any_kill() {
     require_kernel!();
     let exe = common::fixture("oomleak", &[]);
     let dir = report_dir("oom-threshold");
-    let (mut lt, err) = start_watcher(&dir, &["--track-comm", "oomleak", "--snapshot-rss", "16MiB"]);
+    let (mut lt, _out, err) = start_watcher(&dir, &["--track-comm", "oomleak", "--snapshot-rss", "16MiB"]);
     // Grows to 32 MiB, then holds: crosses 16 MiB once.
     let mut fx = Command::new(&exe).arg("32").stdout(Stdio::piped()).spawn().unwrap();
     let fx_out = Lines::new(fx.stdout.take().unwrap());

@@ -16,29 +16,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cgroup::Cgroup;
+use cgroup::{Cgroup, start_watcher};
 use common::{Lines, TIMEOUT, leaktrace, wait_with_timeout};
 
 fn scratch(name: &str) -> PathBuf {
     let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     d
-}
-
-/// Starts `leaktrace oom --dir DIR EXTRA...` and waits until it watches; (child, stdout, stderr).
-fn start_watcher(dir: &Path, extra: &[&str]) -> (Child, Lines, Lines) {
-    let mut lt = leaktrace()
-        .args(["oom", "--dir"])
-        .arg(dir)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = Lines::new(lt.stdout.take().unwrap());
-    let err = Lines::new(lt.stderr.take().unwrap());
-    err.wait_for("watching for OOM kills");
-    (lt, out, err)
 }
 
 /// Every line a pipe has given so far is kept, so that a test can count lines after waiting.

@@ -351,6 +351,23 @@ fn loading_bpf(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// Waits until leaktrace is loading its programs, stops it, kills and reaps the target, and lets
+/// leaktrace go on: the target is gone between being chosen and being attached.
+fn end_target_while_loading(lt: &Child, fx: &mut Fixture) {
+    let deadline = Instant::now() + common::TIMEOUT;
+    while !loading_bpf(lt.id()) {
+        assert!(Instant::now() < deadline, "leaktrace never loaded its programs");
+        // Polling a condition with a deadline.
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(lt.id() as i32, libc::SIGSTOP) };
+    let _ = fx.child.kill();
+    let _ = fx.child.wait();
+    // SAFETY: as above.
+    unsafe { libc::kill(lt.id() as i32, libc::SIGCONT) };
+}
+
 /// Item 16: a target that exits after leaktrace resolved it but before its probes are attached
 /// gives exit 2 and "process N exited while attaching". Leaktrace is stopped (SIGSTOP) once it is
 /// loading its programs, the target is killed and reaped, and leaktrace is let go on.
@@ -361,18 +378,7 @@ fn process_exiting_while_attaching_is_named() {
         let mut fx = Fixture::start();
         let pid = fx.pid;
         let (mut lt, err) = spawn(&["trace", "-p", &pid.to_string()]);
-        let deadline = Instant::now() + common::TIMEOUT;
-        while !loading_bpf(lt.id()) {
-            assert!(Instant::now() < deadline, "leaktrace never loaded its programs");
-            // Polling a condition with a deadline.
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(lt.id() as i32, libc::SIGSTOP) };
-        let _ = fx.child.kill();
-        let _ = fx.child.wait();
-        // SAFETY: as above.
-        unsafe { libc::kill(lt.id() as i32, libc::SIGCONT) };
+        end_target_while_loading(&lt, &mut fx);
         let st = wait_with_timeout(&mut lt);
         let lines = err.rest();
         if lines.iter().any(|l| l.contains("tracing pid")) {
@@ -407,18 +413,7 @@ fn audit_skips_a_process_exiting_while_attaching() {
             .spawn()
             .unwrap();
         let err = Lines::new(lt.stderr.take().unwrap());
-        let deadline = Instant::now() + common::TIMEOUT;
-        while !loading_bpf(lt.id()) {
-            assert!(Instant::now() < deadline, "leaktrace never loaded its programs");
-            // Polling a condition with a deadline.
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(lt.id() as i32, libc::SIGSTOP) };
-        let _ = fx.child.kill();
-        let _ = fx.child.wait();
-        // SAFETY: as above.
-        unsafe { libc::kill(lt.id() as i32, libc::SIGCONT) };
+        end_target_while_loading(&lt, &mut fx);
         let st = wait_with_timeout(&mut lt);
         let lines = err.rest();
         assert!(st.success(), "{st}: {lines:#?}");

@@ -1,12 +1,31 @@
-//! A v1 memory cgroup with a 64 MiB limit for the OOM tests: a fixture run inside it is
-//! OOM-killed once it leaks past the limit. Included with `#[path]` by the OOM test files.
+//! What the OOM test files share: a v1 memory cgroup with a 64 MiB limit (a fixture run inside
+//! it is OOM-killed once it leaks past the limit) and the watcher's start. Included with
+//! `#[path]` by the OOM test files.
 #![allow(dead_code)]
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
 };
 
+use crate::common::{Lines, leaktrace};
+
 pub const LIMIT: u64 = 64 << 20;
+
+/// Starts `leaktrace oom --dir DIR EXTRA...` and waits until it watches; (child, stdout, stderr).
+pub fn start_watcher(dir: &Path, extra: &[&str]) -> (Child, Lines, Lines) {
+    let mut lt = leaktrace()
+        .args(["oom", "--dir"])
+        .arg(dir)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = Lines::new(lt.stdout.take().unwrap());
+    let err = Lines::new(lt.stderr.take().unwrap());
+    err.wait_for("watching for OOM kills");
+    (lt, out, err)
+}
 
 /// The cgroup, removed (its processes killed first) on drop.
 pub struct Cgroup(PathBuf);

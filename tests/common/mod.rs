@@ -202,3 +202,32 @@ pub fn last_report(path: &Path) -> serde_json::Value {
     let last = text.lines().last().expect("a report line");
     serde_json::from_str(last).expect("valid JSON")
 }
+
+/// Asserts leaky.c's sites in `got` (from `sites`/`sites_by`): each expected site twice (it runs
+/// its leak set on two threads), no absent one, with `only_expected` no other site inside the
+/// fixture, and nothing lost.
+pub fn check_leaky_sites(
+    report: &serde_json::Value,
+    got: &BTreeMap<String, (u64, u64)>,
+    only_expected: bool,
+) {
+    for (site, count, bytes) in LEAKY_SITES {
+        assert_eq!(
+            got.get(*site),
+            Some(&(2 * count, 2 * bytes)),
+            "site {site}: (count, bytes); all sites: {got:#?}"
+        );
+    }
+    for site in LEAKY_ABSENT {
+        assert!(!got.contains_key(*site), "{site} must not be reported: {got:#?}");
+    }
+    if only_expected {
+        let unexpected: BTreeMap<_, _> = got
+            .iter()
+            .filter(|(s, _)| *s != "<outside fixture>" && !LEAKY_SITES.iter().any(|e| e.0 == s.as_str()))
+            .collect();
+        assert!(unexpected.is_empty(), "unexpected sites: {unexpected:#?}");
+    }
+    assert_eq!(report["lost_events"], 0);
+    assert_eq!(report["stack_errors"], 0);
+}
